@@ -1,0 +1,186 @@
+"""Where weights come from: a local diffusers folder, a single-file checkpoint, a hub id,
+seeded random weights on the real architecture, or the tiny config of the same classes.
+
+Every source ends as a diffusers pipeline object: the exporter takes its components,
+and tests use the same object as the PyTorch reference.
+"""
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..runtimes.errors import EdgegenError
+from .family import Family
+
+PICKLE_SUFFIXES = {".ckpt", ".bin", ".pt", ".pth", ".pkl"}
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+@dataclass(frozen=True)
+class Source:
+    kind: str                  # tiny | random | folder | single-file | hub
+    path: str | None = None
+    seed: int = 0
+    trust_pickle: bool = False
+
+    @property
+    def tiny(self) -> bool:
+        return self.kind == "tiny"
+
+    def describe(self) -> dict:
+        return {"kind": self.kind, "path": self.path, "seed": self.seed if self.kind in ("tiny", "random") else None}
+
+
+def resolve_source(weights: str | None, random_weights: bool, tiny: bool, seed: int, trust_pickle: bool) -> Source:
+    """Turn CLI flags into a Source, refusing bad combinations before any work."""
+    chosen = [f for f, on in (("--weights", weights), ("--random-weights", random_weights), ("--tiny", tiny)) if on]
+    if len(chosen) != 1:
+        raise EdgegenError("give exactly one of --weights PATH, --random-weights, --tiny")
+    if tiny:
+        return Source("tiny", seed=seed)
+    if random_weights:
+        return Source("random", seed=seed)
+    p = Path(weights)
+    if p.is_dir():
+        return Source("folder", str(p), trust_pickle=trust_pickle)
+    if p.is_file():
+        if p.suffix.lower() in PICKLE_SUFFIXES and not trust_pickle:
+            raise EdgegenError(f"{p} is a pickle checkpoint, which can run code when loaded; "
+                               "convert it to .safetensors or pass --trust-pickle")
+        if p.suffix.lower() not in PICKLE_SUFFIXES | {".safetensors"}:
+            raise EdgegenError(f"{p}: unsupported checkpoint type {p.suffix!r} (want .safetensors or a diffusers folder)")
+        return Source("single-file", str(p), trust_pickle=trust_pickle)
+    if _HUB_ID.match(weights) and not weights.startswith("."):
+        return Source("hub", weights, trust_pickle=trust_pickle)
+    raise EdgegenError(f"--weights {weights}: no such file or folder")
+
+
+def _component_names(family: Family) -> list[str]:
+    names = []
+    for te in family.text_encoders:
+        names += [te.component, te.tokenizer]
+    return names + ["unet", "vae", "scheduler"]
+
+
+def check_folder(family: Family, folder: Path, trust_pickle: bool) -> None:
+    """Fail before loading if the folder lacks a component, holds the wrong model or only pickles."""
+    if not (folder / "model_index.json").is_file():
+        raise EdgegenError(f"{folder} is not a diffusers folder: model_index.json is missing")
+    for name in _component_names(family):
+        if not (folder / name).is_dir():
+            raise EdgegenError(f"{folder} is missing component {name!r} (folder {folder / name})")
+    for name in [te.component for te in family.text_encoders] + ["unet", "vae"]:
+        files = [f.name for f in (folder / name).iterdir()]
+        if "config.json" not in files:
+            raise EdgegenError(f"{folder / name} has no config.json")
+        if not any(f.endswith(".safetensors") or f.endswith(".safetensors.index.json") for f in files):
+            if any(Path(f).suffix in PICKLE_SUFFIXES for f in files) and not trust_pickle:
+                raise EdgegenError(f"{folder / name} holds only pickle weights; convert to safetensors or pass --trust-pickle")
+            if not any(Path(f).suffix in PICKLE_SUFFIXES for f in files):
+                raise EdgegenError(f"{folder / name} has no weight files")
+    unet_cfg = json.loads((folder / "unet" / "config.json").read_text())
+    problem = family.config_mismatch(unet_cfg)
+    if problem:
+        raise EdgegenError(f"{folder}: weights do not match family {family.name}: {problem}")
+
+
+def _pipeline_class(family: Family):
+    import diffusers
+
+    return getattr(diffusers, family.pipeline_class)
+
+
+def _assemble(family: Family, parts: dict):
+    """Build the family's diffusers pipeline from parts, with optional extras (safety checker) off."""
+    cls = _pipeline_class(family)
+    params = inspect.signature(cls.__init__).parameters
+    kwargs = {k: parts.get(k) for k in params if k not in ("self", "args", "kwargs")}
+    if "requires_safety_checker" in params:
+        kwargs["requires_safety_checker"] = False
+    if "force_zeros_for_empty_prompt" in params:
+        kwargs["force_zeros_for_empty_prompt"] = family.force_zeros_for_empty_prompt
+    return cls(**kwargs)
+
+
+def write_config_folder(family: Family, folder: Path, tiny: bool) -> Path:
+    """A diffusers folder with configs and tokenizers but no weights (for from_single_file offline)."""
+    import diffusers
+    import transformers
+
+    from .clip_vocab import write_clip_tokenizer
+
+    index = {"_class_name": family.pipeline_class, "_diffusers_version": diffusers.__version__}
+    for te in family.text_encoders:
+        getattr(transformers, te.model_class).config_class(**(te.tiny if tiny else te.config)).save_pretrained(folder / te.component)
+        write_clip_tokenizer(folder / te.tokenizer, te.pad_token)
+        index[te.component] = ["transformers", te.model_class]
+        index[te.tokenizer] = ["transformers", "CLIPTokenizer"]
+    for name, cls, cfg in (("unet", "UNet2DConditionModel", family.unet_tiny if tiny else family.unet),
+                           ("vae", "AutoencoderKL", family.vae_tiny if tiny else family.vae),
+                           ("scheduler", family.scheduler["_class_name"], family.scheduler)):
+        (folder / name).mkdir(parents=True, exist_ok=True)
+        fname = "scheduler_config.json" if name == "scheduler" else "config.json"
+        (folder / name / fname).write_text(json.dumps({**cfg, "_class_name": cls}, indent=2))
+        index[name] = ["diffusers", cls]
+    (folder / "model_index.json").write_text(json.dumps(index, indent=2))
+    return folder
+
+
+def build_random(family: Family, tiny: bool, seed: int):
+    """The family's pipeline with seeded random weights (real configs, or tiny ones)."""
+    import diffusers
+    import torch
+    import transformers
+    from transformers import CLIPTokenizer
+
+    from .clip_vocab import write_clip_tokenizer
+
+    parts = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, te in enumerate(family.text_encoders):
+            cls = getattr(transformers, te.model_class)
+            torch.manual_seed(seed + i)
+            parts[te.component] = cls(cls.config_class(**(te.tiny if tiny else te.config))).eval()
+            parts[te.tokenizer] = CLIPTokenizer.from_pretrained(write_clip_tokenizer(Path(tmp) / te.tokenizer, te.pad_token))
+    torch.manual_seed(seed + 10)
+    parts["unet"] = diffusers.UNet2DConditionModel.from_config(family.unet_tiny if tiny else family.unet).eval()
+    torch.manual_seed(seed + 11)
+    parts["vae"] = diffusers.AutoencoderKL.from_config(family.vae_tiny if tiny else family.vae).eval()
+    parts["scheduler"] = getattr(diffusers, family.scheduler["_class_name"]).from_config(family.scheduler)
+    return _assemble(family, parts)
+
+
+def load_pipeline(family: Family, source: Source):
+    """Load the source as the family's diffusers pipeline, or raise EdgegenError."""
+    if source.kind in ("tiny", "random"):
+        return build_random(family, source.tiny, source.seed)
+    cls = _pipeline_class(family)
+    extra = {} if source.trust_pickle else {"use_safetensors": True}
+    if "safety_checker" in inspect.signature(cls.__init__).parameters:
+        extra.update(safety_checker=None, requires_safety_checker=False)
+    if source.kind == "folder":
+        check_folder(family, Path(source.path), source.trust_pickle)
+        pipe = cls.from_pretrained(source.path, local_files_only=True, **extra)
+    elif source.kind == "single-file":
+        with tempfile.TemporaryDirectory() as tmp:
+            config = write_config_folder(family, Path(tmp), tiny=False)
+            extra.pop("use_safetensors", None)
+            try:
+                pipe = cls.from_single_file(source.path, config=str(config), local_files_only=True, **extra)
+            except (OSError, ValueError, KeyError, RuntimeError) as e:
+                raise EdgegenError(f"{source.path}: not a {family.name} single-file checkpoint ({str(e).splitlines()[0][:200]})") from None
+    else:
+        try:
+            pipe = cls.from_pretrained(source.path, local_files_only=os.environ.get("HF_HUB_OFFLINE") == "1", **extra)
+        except Exception as e:  # the hub client raises many types; all mean "could not get it"
+            raise EdgegenError(f"could not load {source.path!r} from the Hugging Face hub or its cache "
+                               f"({type(e).__name__}); download it and pass the folder") from None
+    problem = family.config_mismatch(dict(pipe.unet.config))
+    if problem:
+        raise EdgegenError(f"{source.path}: weights do not match family {family.name}: {problem}")
+    return pipe

@@ -1,0 +1,26 @@
+"""Numpy diffusion samplers matching diffusers' schedulers; no torch needed at runtime."""
+
+from __future__ import annotations
+
+from .base import Sampler
+from .ddim import DDIMSampler
+from .dpmpp_2m import DPMPP2MSampler
+from .euler import EulerSampler
+from .euler_a import EulerAncestralSampler
+from .lcm import LCMSampler
+
+SAMPLERS: dict[str, type] = {
+    cls.name: cls for cls in (EulerSampler, EulerAncestralSampler, DDIMSampler, LCMSampler, DPMPP2MSampler)
+}
+
+
+def make_sampler(name: str, scheduler_config: dict) -> Sampler:
+    if name not in SAMPLERS:
+        raise ValueError(f"unknown sampler {name!r}; known: {', '.join(SAMPLERS)}")
+    return SAMPLERS[name](scheduler_config or {})
+
+
+__all__ = [
+    "SAMPLERS", "Sampler", "make_sampler",
+    "DDIMSampler", "DPMPP2MSampler", "EulerAncestralSampler", "EulerSampler", "LCMSampler",
+]
