@@ -11,13 +11,7 @@ import pytest
 
 from edgegen.runtimes.samplers import SAMPLERS, Sampler, make_sampler
 
-REFERENCE = {
-    "euler": "EulerDiscreteScheduler",
-    "euler_a": "EulerAncestralDiscreteScheduler",
-    "ddim": "DDIMScheduler",
-    "lcm": "LCMScheduler",
-    "dpmpp_2m": "DPMSolverMultistepScheduler",
-}
+REFERENCE = {name: cls.diffusers_class for name, cls in SAMPLERS.items()}
 
 # runwayml/stable-diffusion-v1-5 scheduler_config.json (a PNDM config: the extra keys must be ignored).
 SD15 = {

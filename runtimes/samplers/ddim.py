@@ -9,6 +9,7 @@ from .base import OFF, Sampler
 
 class DDIMSampler(Sampler):
     name = "ddim"
+    diffusers_class = "DDIMScheduler"  # the scheduler it reproduces (tests compare against it)
     DEFAULTS = {
         **Sampler.DEFAULTS,
         "timestep_spacing": "leading",

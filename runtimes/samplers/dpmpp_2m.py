@@ -15,6 +15,7 @@ from .base import OFF, Sampler
 
 class DPMPP2MSampler(Sampler):
     name = "dpmpp_2m"
+    diffusers_class = "DPMSolverMultistepScheduler"  # the scheduler it reproduces (tests compare against it)
     UNSUPPORTED = {
         **Sampler.UNSUPPORTED,
         "solver_order": (2,),

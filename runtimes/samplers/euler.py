@@ -9,6 +9,7 @@ from .base import OFF, Sampler
 
 class EulerSampler(Sampler):
     name = "euler"
+    diffusers_class = "EulerDiscreteScheduler"  # the scheduler it reproduces (tests compare against it)
     UNSUPPORTED = {
         **Sampler.UNSUPPORTED,
         "use_karras_sigmas": OFF,

@@ -8,6 +8,7 @@ from .euler import EulerSampler
 
 class EulerAncestralSampler(EulerSampler):
     name = "euler_a"
+    diffusers_class = "EulerAncestralDiscreteScheduler"  # the scheduler it reproduces (tests compare against it)
     stochastic = True
     # EulerAncestralDiscreteScheduler has no karras/interpolation options: diffusers
     # ignores them for this class, so do we.

@@ -11,6 +11,7 @@ SIGMA_DATA = 0.5  # fixed in diffusers' boundary-condition scalings
 
 class LCMSampler(Sampler):
     name = "lcm"
+    diffusers_class = "LCMScheduler"  # the scheduler it reproduces (tests compare against it)
     stochastic = True
     # timestep_spacing and steps_offset are read but, as in diffusers, don't affect LCM;
     # set_alpha_to_one neither (the last step's "previous" timestep is itself).
