@@ -1,1 +1,159 @@
-def main(): print("hi")
+"""The `edgegen` command. Imports stay inside commands so `generate`/`info` work without torch."""
+from __future__ import annotations
+
+import json
+import sys
+import warnings
+from pathlib import Path
+
+import click
+
+from ..runtimes.errors import EdgegenError
+
+
+class _Group(click.Group):
+    """User mistakes end as one line on stderr and exit code 2, never a traceback."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except EdgegenError as e:
+            click.echo(f"error: {e}", err=True)
+            sys.exit(2)
+
+
+def _warn_one_line(message, category, filename, lineno, file=None, line=None):
+    click.echo(f"warning: {message}", err=True)
+
+
+@click.group(cls=_Group)
+@click.version_option(package_name="edgegen")
+def main():
+    """Export diffusion pipelines to ONNX and run them on edge hardware."""
+    warnings.showwarning = _warn_one_line
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+
+
+@main.command("families")
+def families_cmd():
+    """List the model families edgegen can export."""
+    from .families import families
+
+    for fam in families().values():
+        click.echo(f"{fam.name:12s} {fam.description}")
+
+
+@main.command("export")
+@click.argument("family")
+@click.option("--weights", help="Local diffusers folder, single-file .safetensors, or a hub id you have cached.")
+@click.option("--random-weights", is_flag=True, help="Real architecture with seeded random weights (speed/memory work).")
+@click.option("--tiny", is_flag=True, help="Small config of the same classes (seconds, offline).")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Artifact folder to create.")
+@click.option("--force", is_flag=True, help="Replace --out if it exists.")
+@click.option("--seed", default=0, show_default=True, help="Seed for --random-weights/--tiny.")
+@click.option("--trust-pickle", is_flag=True, help="Allow .ckpt/.bin/.pt checkpoints (they can run code when loaded).")
+@click.option("--exporter", type=click.Choice(["torchscript", "dynamo"]), default=None,
+              help="torch.onnx exporter (default: the family's).")
+def export_cmd(family, weights, random_weights, tiny, out, force, seed, trust_pickle, exporter):
+    """Export FAMILY's components to a validated ONNX artifact folder."""
+    from .families import get_family
+
+    get_family(family)  # unknown family fails before anything heavy is imported
+    from ..runtimes.artifact import check_out_path
+
+    check_out_path(out, force)
+    try:
+        import torch  # noqa: F401
+        import diffusers  # noqa: F401
+    except ImportError:
+        raise EdgegenError("edgegen export needs the export extras: pip install 'edgegen[export]'") from None
+    from .exporter import export
+    from .weights import resolve_source
+
+    source = resolve_source(weights, random_weights, tiny, seed, trust_pickle)
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    with console.status("starting") as status:
+        def progress(msg):
+            console.log(msg)
+            status.update(msg)
+
+        path = export(family, source, out, force=force, progress=progress, exporter=exporter)
+    click.echo(f"wrote {path}")
+
+
+@main.command("generate")
+@click.argument("artifact", type=click.Path(path_type=Path))
+@click.argument("prompt")
+@click.option("--steps", type=int, help="Denoising steps (default: the family's).")
+@click.option("--guidance", type=float, help="Guidance scale (default: the family's).")
+@click.option("--height", type=int)
+@click.option("--width", type=int)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--sampler", help="euler, euler_a, ddim, lcm, dpmpp_2m (default: the family's).")
+@click.option("--negative-prompt")
+@click.option("--latents", type=click.Path(path_type=Path), help="Initial noise as a .npy file (NCHW float32).")
+@click.option("--device", default="cpu", show_default=True, help="onnxruntime device: cpu or cuda.")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("image.png"), show_default=True)
+@click.option("--force", is_flag=True, help="Overwrite --out if it exists.")
+def generate_cmd(artifact, prompt, steps, guidance, height, width, seed, sampler, negative_prompt, latents,
+                 device, out, force):
+    """Generate an image from PROMPT with an exported ARTIFACT (no torch needed)."""
+    import numpy as np
+    from rich.progress import Progress
+
+    from ..runtimes import Pipeline
+    from ..runtimes.artifact import sha256_file
+    from ..runtimes.image import save_png
+
+    if out.exists() and not force:
+        raise EdgegenError(f"{out} already exists; pass --force to overwrite it")
+    if out.suffix.lower() != ".png":
+        raise EdgegenError(f"--out {out}: generate writes PNG files (use a .png name)")
+    noise = None
+    if latents is not None:
+        try:
+            noise = np.load(latents)
+        except (OSError, ValueError) as e:
+            raise EdgegenError(f"--latents {latents}: cannot read a .npy array ({e})") from None
+    pipe = Pipeline.load(artifact, device=device)
+    d = pipe.defaults
+    steps = d["steps"] if steps is None else steps
+    guidance = d["guidance"] if guidance is None else guidance
+    sampler = sampler or d["sampler"]
+    with Progress(transient=True) as bar:
+        task = bar.add_task("denoising", total=steps)
+        image = pipe(prompt, steps=steps, guidance=guidance, height=height, width=width, seed=seed, sampler=sampler,
+                     latents=noise, negative_prompt=negative_prompt,
+                     callback=lambda i, n: bar.update(task, completed=i + 1))
+    meta = {"prompt": prompt, "seed": str(seed), "steps": str(steps), "guidance": str(guidance), "sampler": sampler,
+            "family": pipe.artifact.family, "artifact_sha256": sha256_file(pipe.artifact.root / "manifest.json"),
+            "size": f"{image.shape[1]}x{image.shape[0]}"}
+    if negative_prompt:
+        meta["negative_prompt"] = negative_prompt
+    if latents is not None:
+        meta["latents"] = str(latents)
+    save_png(image, out, meta)
+    click.echo(f"wrote {out}")
+
+
+@main.command("info")
+@click.argument("artifact", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the manifest and a summary as JSON.")
+@click.option("--no-verify", is_flag=True, help="Skip checking file digests.")
+def info_cmd(artifact, as_json, no_verify):
+    """Show what an artifact holds: components, IO, sizes, validation."""
+    from ..runtimes.artifact import load_artifact
+    from .info import render_info, summary
+
+    art = load_artifact(artifact, verify=not no_verify)
+    if as_json:
+        click.echo(json.dumps({"summary": summary(art), "manifest": art.manifest}, indent=2))
+    else:
+        render_info(art)
+
+
+if __name__ == "__main__":
+    main()

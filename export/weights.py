@@ -71,6 +71,12 @@ def check_folder(family: Family, folder: Path, trust_pickle: bool) -> None:
     """Fail before loading if the folder lacks a component, holds the wrong model or only pickles."""
     if not (folder / "model_index.json").is_file():
         raise EdgegenError(f"{folder} is not a diffusers folder: model_index.json is missing")
+    # The architecture check comes first: "wrong model" says more than "missing text_encoder_2".
+    unet_config = folder / "unet" / "config.json"
+    if unet_config.is_file():
+        problem = family.config_mismatch(json.loads(unet_config.read_text()))
+        if problem:
+            raise EdgegenError(f"{folder}: weights do not match family {family.name}: {problem}")
     for name in _component_names(family):
         if not (folder / name).is_dir():
             raise EdgegenError(f"{folder} is missing component {name!r} (folder {folder / name})")
@@ -83,10 +89,6 @@ def check_folder(family: Family, folder: Path, trust_pickle: bool) -> None:
                 raise EdgegenError(f"{folder / name} holds only pickle weights; convert to safetensors or pass --trust-pickle")
             if not any(Path(f).suffix in PICKLE_SUFFIXES for f in files):
                 raise EdgegenError(f"{folder / name} has no weight files")
-    unet_cfg = json.loads((folder / "unet" / "config.json").read_text())
-    problem = family.config_mismatch(unet_cfg)
-    if problem:
-        raise EdgegenError(f"{folder}: weights do not match family {family.name}: {problem}")
 
 
 def _pipeline_class(family: Family):
