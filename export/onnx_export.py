@@ -57,8 +57,7 @@ def export_component(comp: Component, out_dir: Path, exporter: str = "torchscrip
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     io = comp.io
-    # batch >= 2 and non-trivial spatial sizes, or torch.export specialises them to constants.
-    feeds = io.example(io.sizes("opt", batch=2), seed=0)
+    feeds = io.example(io.export_sizes(), seed=0)
     args = tuple(torch.from_numpy(feeds[n]) for n in io.input_names)
     big = comp.params * 4 > EXTERNAL_DATA_BYTES
     path = out_dir / "model.onnx"
@@ -82,8 +81,8 @@ def export_component(comp: Component, out_dir: Path, exporter: str = "torchscrip
 
 
 def validation_points(io: IOSpec) -> list[dict[str, int]]:
-    """Shapes other than the export shape: the smallest legal one, and one in between."""
-    return [io.sizes("min", batch=1), io.sizes("mid", batch=min(3, io.dims["batch"].max))]
+    """Shapes other than the export shape: batch 1 between min and opt, and a bigger batch at min."""
+    return [io.sizes("mid", batch=1), io.sizes("min", batch=min(3, io.dims["batch"].max))]
 
 
 def validate_component(comp: Component, graph: Path, seed: int = 1) -> dict:

@@ -107,6 +107,7 @@ def write_artifact(out: str | os.PathLike, force: bool = False):
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         yield tmp
+        tmp.chmod(0o755)  # mkdtemp makes it private; an artifact is meant to be shared
         if out.exists():
             # Swap, so a failure here still leaves one complete artifact at `out`.
             old = out.with_name(f".{out.name}.old-{os.getpid()}")

@@ -112,6 +112,13 @@ class IOSpec:
         out.update(override)
         return out
 
+    def export_sizes(self) -> dict[str, int]:
+        """Where to trace: small (cheap) but never 0/1, which torch.export would bake in as constants."""
+        out = {n: d.min if d.min >= 2 else d.opt for n, d in self.dims.items()}
+        if "batch" in self.dims:
+            out["batch"] = min(2, self.dims["batch"].max)
+        return out
+
     def example(self, sizes: dict[str, int], seed: int = 0) -> dict[str, np.ndarray]:
         """Seeded inputs at `sizes`, within each tensor's declared value range."""
         rng = np.random.default_rng(seed)
