@@ -155,5 +155,18 @@ def info_cmd(artifact, as_json, no_verify):
         render_info(art)
 
 
+from ..optimize.commands import optimize  # noqa: E402
+main.add_command(optimize)
+
+
+def _register() -> None:
+    from ..profiles.commands import plan_cmd, profiles_cmd
+
+    main.add_command(profiles_cmd, "profiles")
+    main.add_command(plan_cmd, "plan")
+
+
+_register()
+
 if __name__ == "__main__":
     main()

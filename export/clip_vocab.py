@@ -83,27 +83,10 @@ def write_runtime_tokenizer(src_dir: Path, out_dir: Path) -> Path:
     """
     from transformers import CLIPTokenizer
 
+    from .text_tokenizers import write_runtime_tokenizer_from
+
     src_dir, out_dir = Path(src_dir), Path(out_dir)
     if src_dir.resolve() == out_dir.resolve():
         # A padded tokenizer.json would change how transformers tokenizes from src_dir.
         raise ValueError("out_dir must differ from src_dir")
-    tok = CLIPTokenizer.from_pretrained(src_dir)
-    max_length = tok.model_max_length
-    if not 0 < max_length <= 4096:  # unset means transformers' 1e30 placeholder
-        raise ValueError(f"{src_dir}: model_max_length is {max_length}; its tokenizer_config.json lacks it")
-    if tok.pad_token_id is None:
-        raise ValueError(f"{src_dir}: tokenizer has no pad token")
-    # Same settings transformers applies for padding="max_length", truncation=True.
-    backend = tok.backend_tokenizer
-    backend.enable_truncation(max_length, stride=0, strategy="longest_first", direction=tok.truncation_side)
-    backend.enable_padding(
-        length=max_length,
-        direction=tok.padding_side,
-        pad_id=tok.pad_token_id,
-        pad_type_id=tok.pad_token_type_id,
-        pad_token=tok.pad_token,
-    )
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / "tokenizer.json"
-    backend.save(str(path))
-    return path
+    return write_runtime_tokenizer_from(CLIPTokenizer.from_pretrained(src_dir), src_dir, out_dir, None)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ..runtimes.artifact import check_out_path, digest_files, save_manifest, write_artifact
 from ..runtimes.errors import EdgegenError
-from .components import pipeline_components, vae_scale_factor
+from .arch import get_arch
 from .families import get_family
 from .family import Family
 from .weights import Source, load_pipeline
@@ -29,38 +29,16 @@ def tool_versions() -> dict[str, str]:
     return out
 
 
-def _pipeline_recipe(family: Family, pipe, resolution: tuple[int, int, int]) -> dict:
-    """What the torch-free runtime needs to run the denoising loop (no family names)."""
-    vae_cfg = pipe.vae.config
-    return {
-        "kind": "unet",
-        "text_encoders": [{"component": te.component, "tokenizer": te.tokenizer, "pooled": te.pooled}
-                          for te in family.text_encoders],
-        "denoiser": "unet",
-        "vae_decoder": "vae_decoder",
-        "vae_encoder": "vae_encoder",
-        "vae_scale_factor": vae_scale_factor(pipe.vae),
-        "latent_channels": vae_cfg.latent_channels,
-        "scaling_factor": vae_cfg.scaling_factor,
-        "shift_factor": getattr(vae_cfg, "shift_factor", None),
-        "guidance": family.guidance_mode,
-        "force_zeros_for_empty_prompt": family.force_zeros_for_empty_prompt,
-        "defaults": {"sampler": family.sampler, "steps": family.steps, "guidance": family.guidance,
-                     "height": resolution[1], "width": resolution[1]},
-    }
-
-
 def _write_tokenizers(family: Family, pipe, root: Path) -> list[str]:
-    from .clip_vocab import write_runtime_tokenizer
+    from .text_tokenizers import write_runtime_tokenizer_any
 
     files = []
     for te in family.text_encoders:
         folder = root / te.tokenizer
         with tempfile.TemporaryDirectory() as tmp:
             getattr(pipe, te.tokenizer).save_pretrained(tmp)
-            for f in Path(tmp).iterdir():
-                shutil.copy(f, folder / f.name) if folder.exists() else (folder.mkdir(), shutil.copy(f, folder / f.name))
-            write_runtime_tokenizer(Path(tmp), folder)
+            shutil.copytree(tmp, folder)
+            write_runtime_tokenizer_any(Path(tmp), folder, te.max_length)
         files += [str(p.relative_to(root)) for p in sorted(folder.iterdir())]
     return files
 
@@ -73,10 +51,10 @@ def export(family_name: str, source: Source, out: str | Path, force: bool = Fals
     say = progress or (lambda msg: None)
     started = time.time()
     say(f"loading {family.name} ({source.kind})")
-    exporter = exporter or family.exporter
     pipe = pipe if pipe is not None else load_pipeline(family, source)
     resolution = family.tiny_resolution if source.tiny else family.resolution
-    comps = pipeline_components(family, pipe, resolution)
+    arch = get_arch(family.arch)
+    comps = arch.components(family, pipe, resolution)
 
     from .onnx_export import export_component, validate_component
 
@@ -85,7 +63,7 @@ def export(family_name: str, source: Source, out: str | Path, force: bool = Fals
         for comp in comps:
             say(f"exporting {comp.name} ({comp.params / 1e6:.1f}M params)")
             t0 = time.time()
-            files = export_component(comp, tmp / comp.name, exporter)
+            files = export_component(comp, tmp / comp.name, exporter or comp.exporter)
             t1 = time.time()
             say(f"validating {comp.name} against PyTorch")
             validation = validate_component(comp, tmp / comp.name / "model.onnx")
@@ -96,6 +74,7 @@ def export(family_name: str, source: Source, out: str | Path, force: bool = Fals
                 "io": comp.io.to_dict(),
                 "params": comp.params,
                 "precision": "fp32",
+                "exporter": exporter or comp.exporter,
                 "export_seconds": round(t1 - t0, 2),
                 "validation": validation,
             }
@@ -109,12 +88,12 @@ def export(family_name: str, source: Source, out: str | Path, force: bool = Fals
             "source": source.describe(),
             "size": "tiny" if source.tiny else "full",
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "pipeline": _pipeline_recipe(family, pipe, resolution),
+            "pipeline": arch.recipe(family, pipe, resolution),
             "scheduler": json.loads((tmp / "scheduler" / "scheduler_config.json").read_text()),
             "components": components,
             "files": digest_files(tmp, misc),
             "passes": [{"name": "export", "version": 1,
-                        "config": {"format": "onnx", "exporter": exporter, "precision": "fp32",
+                        "config": {"format": "onnx", "exporter": exporter or "per component", "precision": "fp32",
                                    "seconds": round(time.time() - started, 1)}}],
             "tools": tool_versions(),
         })

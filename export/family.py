@@ -10,14 +10,33 @@ from dataclasses import dataclass, field
 
 @dataclass(frozen=True)
 class TextEncoderDef:
-    component: str          # diffusers component name: text_encoder, text_encoder_2
-    tokenizer: str          # its tokenizer folder: tokenizer, tokenizer_2
+    component: str          # diffusers component name: text_encoder, text_encoder_2, ...
+    tokenizer: str          # its tokenizer folder: tokenizer, tokenizer_2, ...
     model_class: str        # transformers class
     config: dict            # real architecture config
     tiny: dict              # same class, small
-    pad_token: str          # SD1.x pads with <|endoftext|>, OpenCLIP-trained encoders with "!"
-    hidden: str = "last"    # "last" (final LayerNorm output) or "penultimate" (SDXL)
-    pooled: bool = False    # export the projected pooled embedding (SDXL text_encoder_2)
+    pad_token: str = "<|endoftext|>"  # CLIP: SD1.x pads with <|endoftext|>, OpenCLIP-trained encoders with "!"
+    hidden: str | None = "last"       # "last", "penultimate" (SDXL, SD3 CLIPs) or None (FLUX's CLIP: pooled only)
+    pooled: str | None = None         # pooled output attribute to export: "text_embeds" or "pooler_output"
+    tokenizer_kind: str = "clip"      # how to build a real tokenizer offline: clip | t5 | gemma
+    max_length: int = 77
+    attention_mask: bool = False      # the encoder takes the tokenizer's mask (Gemma in SANA)
+
+    @property
+    def label(self) -> str:
+        """How warnings name this encoder's tokenizer ("prompt is longer than T5's 256 tokens")."""
+        return {"clip": "CLIP", "t5": "T5", "gemma": "Gemma"}[self.tokenizer_kind]
+
+
+@dataclass(frozen=True)
+class ModelDef:
+    component: str          # diffusers component folder: unet, transformer, vae
+    cls: str                # diffusers class
+    config: dict            # real architecture config
+    tiny: dict              # same class, small
+
+    def get(self, tiny: bool) -> dict:
+        return self.tiny if tiny else self.config
 
 
 @dataclass(frozen=True)
@@ -27,30 +46,35 @@ class Family:
     pipeline_class: str     # diffusers pipeline class, for loading weights and as the reference
     hub_id: str             # where the real weights live (used only if the user has them)
     text_encoders: tuple[TextEncoderDef, ...]
-    unet: dict
-    unet_tiny: dict
-    vae: dict
-    vae_tiny: dict
+    denoiser: ModelDef
+    vae: ModelDef
     scheduler: dict         # diffusers scheduler_config.json of the reference checkpoint
     sampler: str            # default runtime sampler
     steps: int
     guidance: float
     resolution: tuple[int, int, int]   # image side (min, opt, max) in pixels
     tiny_resolution: tuple[int, int, int] = (32, 64, 256)
-    # "cfg": classifier-free guidance with batched cond/uncond; "embedding": guidance
-    # is fed to the denoiser as an embedding (LCM) and runs one batch.
+    arch: str = "unet"      # export/arch_<arch>.py builds components and the runtime recipe
+    # "cfg": classifier-free guidance with batched cond/uncond; "embedding": guidance is an
+    # input of the denoiser (LCM, FLUX-dev) and runs one batch; "none": guidance is ignored.
     guidance_mode: str = "cfg"
     force_zeros_for_empty_prompt: bool = False
-    # UNet config keys that identify the architecture; loaded weights must agree.
+    # Denoiser config keys that identify the architecture; loaded weights must agree.
     signature: tuple[str, ...] = ("in_channels", "cross_attention_dim", "time_cond_proj_dim", "addition_embed_type")
     exporter: str = "torchscript"   # see onnx_export.export_component
     extra: dict = field(default_factory=dict)
 
-    def config_mismatch(self, unet_config: dict) -> str | None:
-        """Describe how `unet_config` differs from this family (real or tiny), or None."""
-        for ref in (self.unet, self.unet_tiny):
-            diffs = [k for k in self.signature if unet_config.get(k) != ref.get(k)]
+    def config_mismatch(self, denoiser_config: dict) -> str | None:
+        """Describe how `denoiser_config` differs from this family (real or tiny), or None."""
+        for ref in (self.denoiser.config, self.denoiser.tiny):
+            diffs = [k for k in self.signature if denoiser_config.get(k) != ref.get(k)]
             if not diffs:
                 return None
         k = diffs[0]
-        return f"unet.{k} is {unet_config.get(k)!r}, family {self.name} expects {self.unet.get(k)!r}"
+        return (f"{self.denoiser.component}.{k} is {denoiser_config.get(k)!r}, "
+                f"family {self.name} expects {self.denoiser.config.get(k)!r}")
+
+    # Read by profiles/catalog (planner) for the U-Net families.
+    @property
+    def unet(self) -> dict:
+        return self.denoiser.config

@@ -64,7 +64,7 @@ def _component_names(family: Family) -> list[str]:
     names = []
     for te in family.text_encoders:
         names += [te.component, te.tokenizer]
-    return names + ["unet", "vae", "scheduler"]
+    return names + [family.denoiser.component, family.vae.component, "scheduler"]
 
 
 def check_folder(family: Family, folder: Path, trust_pickle: bool) -> None:
@@ -72,15 +72,15 @@ def check_folder(family: Family, folder: Path, trust_pickle: bool) -> None:
     if not (folder / "model_index.json").is_file():
         raise EdgegenError(f"{folder} is not a diffusers folder: model_index.json is missing")
     # The architecture check comes first: "wrong model" says more than "missing text_encoder_2".
-    unet_config = folder / "unet" / "config.json"
-    if unet_config.is_file():
-        problem = family.config_mismatch(json.loads(unet_config.read_text()))
+    denoiser_config = folder / family.denoiser.component / "config.json"
+    if denoiser_config.is_file():
+        problem = family.config_mismatch(json.loads(denoiser_config.read_text()))
         if problem:
             raise EdgegenError(f"{folder}: weights do not match family {family.name}: {problem}")
     for name in _component_names(family):
         if not (folder / name).is_dir():
             raise EdgegenError(f"{folder} is missing component {name!r} (folder {folder / name})")
-    for name in [te.component for te in family.text_encoders] + ["unet", "vae"]:
+    for name in [te.component for te in family.text_encoders] + [family.denoiser.component, family.vae.component]:
         files = [f.name for f in (folder / name).iterdir()]
         if "config.json" not in files:
             raise EdgegenError(f"{folder / name} has no config.json")
@@ -109,28 +109,43 @@ def _assemble(family: Family, parts: dict):
     return cls(**kwargs)
 
 
+def write_tokenizer(te, folder: Path) -> Path:
+    """A real tokenizer for `te`, built offline (the CLIP merges ship with edgegen; T5/Gemma are trained)."""
+    if te.tokenizer_kind == "clip":
+        from .clip_vocab import write_clip_tokenizer
+
+        return write_clip_tokenizer(folder, te.pad_token)
+    from . import text_tokenizers
+
+    return getattr(text_tokenizers, f"write_{te.tokenizer_kind}_tokenizer")(folder, te.max_length)
+
+
 def write_config_folder(family: Family, folder: Path, tiny: bool) -> Path:
     """A diffusers folder with configs and tokenizers but no weights (for from_single_file offline)."""
     import diffusers
     import transformers
 
-    from .clip_vocab import write_clip_tokenizer
-
     index = {"_class_name": family.pipeline_class, "_diffusers_version": diffusers.__version__}
     for te in family.text_encoders:
         getattr(transformers, te.model_class).config_class(**(te.tiny if tiny else te.config)).save_pretrained(folder / te.component)
-        write_clip_tokenizer(folder / te.tokenizer, te.pad_token)
+        write_tokenizer(te, folder / te.tokenizer)
         index[te.component] = ["transformers", te.model_class]
-        index[te.tokenizer] = ["transformers", "CLIPTokenizer"]
-    for name, cls, cfg in (("unet", "UNet2DConditionModel", family.unet_tiny if tiny else family.unet),
-                           ("vae", "AutoencoderKL", family.vae_tiny if tiny else family.vae),
-                           ("scheduler", family.scheduler["_class_name"], family.scheduler)):
-        (folder / name).mkdir(parents=True, exist_ok=True)
-        fname = "scheduler_config.json" if name == "scheduler" else "config.json"
-        (folder / name / fname).write_text(json.dumps({**cfg, "_class_name": cls}, indent=2))
-        index[name] = ["diffusers", cls]
+        index[te.tokenizer] = ["transformers", type(_load_tokenizer(folder / te.tokenizer)).__name__]
+    for m in (family.denoiser, family.vae):
+        (folder / m.component).mkdir(parents=True, exist_ok=True)
+        (folder / m.component / "config.json").write_text(json.dumps({**m.get(tiny), "_class_name": m.cls}, indent=2))
+        index[m.component] = ["diffusers", m.cls]
+    (folder / "scheduler").mkdir(parents=True, exist_ok=True)
+    (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(family.scheduler, indent=2))
+    index["scheduler"] = ["diffusers", family.scheduler["_class_name"]]
     (folder / "model_index.json").write_text(json.dumps(index, indent=2))
     return folder
+
+
+def _load_tokenizer(folder: Path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(folder))
 
 
 def build_random(family: Family, tiny: bool, seed: int):
@@ -138,9 +153,6 @@ def build_random(family: Family, tiny: bool, seed: int):
     import diffusers
     import torch
     import transformers
-    from transformers import CLIPTokenizer
-
-    from .clip_vocab import write_clip_tokenizer
 
     parts = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -148,11 +160,10 @@ def build_random(family: Family, tiny: bool, seed: int):
             cls = getattr(transformers, te.model_class)
             torch.manual_seed(seed + i)
             parts[te.component] = cls(cls.config_class(**(te.tiny if tiny else te.config))).eval()
-            parts[te.tokenizer] = CLIPTokenizer.from_pretrained(write_clip_tokenizer(Path(tmp) / te.tokenizer, te.pad_token))
-    torch.manual_seed(seed + 10)
-    parts["unet"] = diffusers.UNet2DConditionModel.from_config(family.unet_tiny if tiny else family.unet).eval()
-    torch.manual_seed(seed + 11)
-    parts["vae"] = diffusers.AutoencoderKL.from_config(family.vae_tiny if tiny else family.vae).eval()
+            parts[te.tokenizer] = _load_tokenizer(write_tokenizer(te, Path(tmp) / te.tokenizer))
+    for k, m in enumerate((family.denoiser, family.vae)):
+        torch.manual_seed(seed + 10 + k)
+        parts[m.component] = getattr(diffusers, m.cls).from_config(m.get(tiny)).eval()
     parts["scheduler"] = getattr(diffusers, family.scheduler["_class_name"]).from_config(family.scheduler)
     return _assemble(family, parts)
 
@@ -182,7 +193,7 @@ def load_pipeline(family: Family, source: Source):
         except Exception as e:  # the hub client raises many types; all mean "could not get it"
             raise EdgegenError(f"could not load {source.path!r} from the Hugging Face hub or its cache "
                                f"({type(e).__name__}); download it and pass the folder") from None
-    problem = family.config_mismatch(dict(pipe.unet.config))
+    problem = family.config_mismatch(dict(getattr(pipe, family.denoiser.component).config))
     if problem:
         raise EdgegenError(f"{source.path}: weights do not match family {family.name}: {problem}")
     return pipe

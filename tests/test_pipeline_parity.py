@@ -7,7 +7,7 @@ import pytest
 from edgegen.runtimes import Pipeline
 from edgegen.runtimes.samplers import SAMPLERS
 
-FAMILIES = ["sd15", "sd21", "sd-turbo", "sdxl", "sdxl-turbo", "lcm-sd15"]
+FAMILIES = ["sd15", "sd21", "sd-turbo", "sdxl", "sdxl-turbo", "lcm-sd15", "flux-schnell", "flux-dev"]
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -16,20 +16,28 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def diffusers_image(pipe, art, sampler, prompt, steps, guidance, latents, seed, monkeypatch):
+    h, w = latents.shape[2] * 8, latents.shape[3] * 8
     import diffusers
     import torch
 
     # The scheduler config the artifact carries, read by the diffusers class the sampler mirrors.
-    config = Pipeline.load(art, verify=False).artifact.manifest["scheduler"]
+    ours = Pipeline.load(art, verify=False)
+    config = ours.artifact.manifest["scheduler"]
     pipe.scheduler = getattr(diffusers, SAMPLERS[sampler].diffusers_class).from_config(config)
     # Stochastic samplers: diffusers draws its step noise from the same numpy stream as the runtime.
     rng = np.random.default_rng(seed)
     module = sys.modules[type(pipe.scheduler).__module__]
     monkeypatch.setattr(module, "randn_tensor",
                         lambda shape, **kw: torch.from_numpy(rng.standard_normal(tuple(shape)).astype(np.float32)))
+    kw = {}
+    if ours.recipe["kind"] == "flux":
+        from edgegen.runtimes.flux_pipeline import pack
+
+        latents = pack(latents)  # FluxPipeline takes packed latents
+        kw["max_sequence_length"] = ours.artifact.io("text_encoder_2").inputs[0].shape[1]
     with torch.no_grad():
         out = pipe(prompt, num_inference_steps=steps, guidance_scale=guidance, latents=torch.from_numpy(latents),
-                   height=latents.shape[2] * 8, width=latents.shape[3] * 8, output_type="np").images
+                   height=h, width=w, output_type="np", **kw).images
     return (out[0] * 255).round().astype(np.uint8)
 
 
@@ -38,7 +46,7 @@ def test_default_recipe_matches_diffusers(family, tiny_export, monkeypatch):
     art, pipe = tiny_export(family)
     ours = Pipeline.load(art)
     d = ours.defaults
-    steps = max(d["steps"], 3)
+    steps = min(max(d["steps"], 3), 8)
     latents = np.random.default_rng(3).standard_normal((1, 4, 8, 8)).astype(np.float32)
     prompt = "a red fox in snow, highly detailed"
     img = ours(prompt, steps=steps, guidance=d["guidance"], latents=latents, seed=11)

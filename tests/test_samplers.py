@@ -11,7 +11,9 @@ import pytest
 
 from edgegen.runtimes.samplers import SAMPLERS, Sampler, make_sampler
 
-REFERENCE = {name: cls.diffusers_class for name, cls in SAMPLERS.items()}
+# The DDPM-schedule samplers; the flow-matching ones are in test_flow_samplers.py.
+DDPM = {name: cls for name, cls in SAMPLERS.items() if not cls.flow_matching}
+REFERENCE = {name: cls.diffusers_class for name, cls in DDPM.items()}
 
 # runwayml/stable-diffusion-v1-5 scheduler_config.json (a PNDM config: the extra keys must be ignored).
 SD15 = {
@@ -62,7 +64,7 @@ SHAPE = (1, 4, 8, 8)
 
 
 def cases():
-    for name in SAMPLERS:
+    for name in DDPM:
         for cfg_name, cfg in (CONFIGS | EXTRA_CONFIGS.get(name, {})).items():
             for n in STEPS.get(name, DEFAULT_STEPS):
                 yield pytest.param(name, cfg, n, id=f"{name}-{cfg_name}-{n}")
@@ -124,7 +126,7 @@ def test_matches_diffusers(monkeypatch, name, cfg, n):
     assert ours_noise.bit_generator.state == ref_noise.bit_generator.state
 
 
-@pytest.mark.parametrize("name", [n for n in SAMPLERS if n != "lcm"])
+@pytest.mark.parametrize("name", [n for n in DDPM if n != "lcm"])
 @pytest.mark.parametrize("spacing", ["leading", "trailing", "linspace"])
 def test_timesteps_for_many_step_counts(name, spacing):
     cfg = SD15 | {"timestep_spacing": spacing}
@@ -140,8 +142,8 @@ def test_lcm_timesteps_for_many_step_counts():
 
 
 def test_registry():
-    assert set(SAMPLERS) == set(REFERENCE)
-    for name, cls in SAMPLERS.items():
+    assert set(DDPM) == {"euler", "euler_a", "ddim", "lcm", "dpmpp_2m"}
+    for name, cls in DDPM.items():
         assert issubclass(cls, Sampler) and cls.name == name
         assert cls.stochastic == (name in ("euler_a", "lcm"))
         assert isinstance(make_sampler(name, SD15), cls)
@@ -193,7 +195,7 @@ def test_unsupported_option_raises(name, key, value):
     assert "\n" not in str(err.value)
 
 
-@pytest.mark.parametrize("name", list(SAMPLERS))
+@pytest.mark.parametrize("name", list(DDPM))
 def test_bad_step_counts_and_indices(name):
     sampler = make_sampler(name, SD15)
     for n in (0, -1):

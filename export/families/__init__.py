@@ -6,7 +6,7 @@ import importlib
 from ...runtimes.errors import EdgegenError
 from ..family import Family
 
-_MODULES = ("sd15", "sd21", "sd_turbo", "sdxl", "sdxl_turbo", "lcm_sd15")
+_MODULES = ("sd15", "sd21", "sd_turbo", "sdxl", "sdxl_turbo", "lcm_sd15", "flux_schnell", "flux_dev")
 
 
 def families() -> dict[str, Family]:

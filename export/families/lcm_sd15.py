@@ -1,4 +1,4 @@
-from ..family import Family, TextEncoderDef
+from ..family import Family, ModelDef, TextEncoderDef
 from .parts import CLIP_L, CLIP_TINY, SD15_UNET, SD_VAE, UNET_TINY, VAE_TINY
 
 # LCM-Dreamshaper-v7: SD1.5 UNet distilled for 2-8 steps, guidance as an embedding.
@@ -8,8 +8,8 @@ FAMILY = Family(
     pipeline_class="LatentConsistencyModelPipeline",
     hub_id="SimianLuo/LCM_Dreamshaper_v7",
     text_encoders=(TextEncoderDef("text_encoder", "tokenizer", "CLIPTextModel", CLIP_L, CLIP_TINY, "<|endoftext|>"),),
-    unet={**SD15_UNET, "time_cond_proj_dim": 256}, unet_tiny={**UNET_TINY, "time_cond_proj_dim": 32},
-    vae=SD_VAE, vae_tiny=VAE_TINY,
+    denoiser=ModelDef("unet", "UNet2DConditionModel", {**SD15_UNET, "time_cond_proj_dim": 256}, {**UNET_TINY, "time_cond_proj_dim": 32}),
+    vae=ModelDef("vae", "AutoencoderKL", SD_VAE, VAE_TINY),
     scheduler={
         "_class_name": "LCMScheduler", "beta_end": 0.012, "beta_schedule": "scaled_linear", "beta_start": 0.00085,
         "clip_sample": False, "clip_sample_range": 1.0, "num_train_timesteps": 1000, "original_inference_steps": 50,

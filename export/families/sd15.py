@@ -1,4 +1,4 @@
-from ..family import Family, TextEncoderDef
+from ..family import Family, ModelDef, TextEncoderDef
 from .parts import CLIP_L, CLIP_TINY, SD15_UNET, SD_SCHEDULER, SD_VAE, UNET_TINY, VAE_TINY
 
 FAMILY = Family(
@@ -7,7 +7,8 @@ FAMILY = Family(
     pipeline_class="StableDiffusionPipeline",
     hub_id="stable-diffusion-v1-5/stable-diffusion-v1-5",
     text_encoders=(TextEncoderDef("text_encoder", "tokenizer", "CLIPTextModel", CLIP_L, CLIP_TINY, "<|endoftext|>"),),
-    unet=SD15_UNET, unet_tiny=UNET_TINY, vae=SD_VAE, vae_tiny=VAE_TINY,
+    denoiser=ModelDef("unet", "UNet2DConditionModel", SD15_UNET, UNET_TINY),
+    vae=ModelDef("vae", "AutoencoderKL", SD_VAE, VAE_TINY),
     scheduler=SD_SCHEDULER, sampler="euler", steps=25, guidance=7.5,
     resolution=(256, 512, 1024),
 )

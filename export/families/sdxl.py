@@ -1,4 +1,4 @@
-from ..family import Family, TextEncoderDef
+from ..family import Family, ModelDef, TextEncoderDef
 from .parts import CLIP_L, CLIP_TINY, OPENCLIP_BIGG, SD_SCHEDULER, SDXL_VAE, UNET_TINY, VAE_TINY
 
 UNET = {
@@ -22,7 +22,7 @@ TEXT_ENCODERS = (
                    hidden="penultimate"),
     TextEncoderDef("text_encoder_2", "tokenizer_2", "CLIPTextModelWithProjection", OPENCLIP_BIGG,
                    {**CLIP_TINY, "hidden_act": "gelu", "architectures": ["CLIPTextModelWithProjection"]},
-                   "!", hidden="penultimate", pooled=True),
+                   "!", hidden="penultimate", pooled="text_embeds"),
 )
 SCHEDULER = {**SD_SCHEDULER, "_class_name": "EulerDiscreteScheduler", "interpolation_type": "linear",
              "prediction_type": "epsilon", "timestep_spacing": "leading", "use_karras_sigmas": False}
@@ -33,7 +33,8 @@ FAMILY = Family(
     pipeline_class="StableDiffusionXLPipeline",
     hub_id="stabilityai/stable-diffusion-xl-base-1.0",
     text_encoders=TEXT_ENCODERS,
-    unet=UNET, unet_tiny=UNET_TINY_XL, vae=SDXL_VAE, vae_tiny=VAE_TINY,
+    denoiser=ModelDef("unet", "UNet2DConditionModel", UNET, UNET_TINY_XL),
+    vae=ModelDef("vae", "AutoencoderKL", SDXL_VAE, VAE_TINY),
     scheduler=SCHEDULER, sampler="euler", steps=30, guidance=5.0,
     resolution=(512, 1024, 1536),
     force_zeros_for_empty_prompt=True,

@@ -1,4 +1,4 @@
-from ..family import Family
+from ..family import Family, ModelDef
 from .parts import SDXL_VAE, VAE_TINY
 from .sdxl import SCHEDULER, TEXT_ENCODERS, UNET, UNET_TINY_XL
 
@@ -9,7 +9,8 @@ FAMILY = Family(
     pipeline_class="StableDiffusionXLPipeline",
     hub_id="stabilityai/sdxl-turbo",
     text_encoders=TEXT_ENCODERS,
-    unet=UNET, unet_tiny=UNET_TINY_XL, vae=SDXL_VAE, vae_tiny=VAE_TINY,
+    denoiser=ModelDef("unet", "UNet2DConditionModel", UNET, UNET_TINY_XL),
+    vae=ModelDef("vae", "AutoencoderKL", SDXL_VAE, VAE_TINY),
     scheduler={**SCHEDULER, "_class_name": "EulerAncestralDiscreteScheduler", "timestep_spacing": "trailing"},
     sampler="euler_a", steps=1, guidance=0.0,
     resolution=(256, 512, 1024),

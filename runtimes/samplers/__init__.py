@@ -7,10 +7,15 @@ from .ddim import DDIMSampler
 from .dpmpp_2m import DPMPP2MSampler
 from .euler import EulerSampler
 from .euler_a import EulerAncestralSampler
+from .flow_dpm import FlowDPMSampler
+from .flow_euler import FlowEulerSampler, calculate_shift
 from .lcm import LCMSampler
+from .scm import SCMSampler
 
 SAMPLERS: dict[str, type] = {
-    cls.name: cls for cls in (EulerSampler, EulerAncestralSampler, DDIMSampler, LCMSampler, DPMPP2MSampler)
+    cls.name: cls
+    for cls in (EulerSampler, EulerAncestralSampler, DDIMSampler, LCMSampler, DPMPP2MSampler,
+                FlowEulerSampler, FlowDPMSampler, SCMSampler)
 }
 
 
@@ -23,4 +28,5 @@ def make_sampler(name: str, scheduler_config: dict) -> Sampler:
 __all__ = [
     "SAMPLERS", "Sampler", "make_sampler",
     "DDIMSampler", "DPMPP2MSampler", "EulerAncestralSampler", "EulerSampler", "LCMSampler",
+    "FlowDPMSampler", "FlowEulerSampler", "SCMSampler", "calculate_shift",
 ]

@@ -18,6 +18,7 @@ OFF = (False, None)
 class Sampler:
     name = ""
     stochastic = False
+    flow_matching = False  # True for the flow-matching (rectified-flow / trigflow) samplers
     # The options this sampler reads, with the defaults of the diffusers class it mirrors:
     # a config that leaves a key out must give the same result as diffusers would.
     DEFAULTS: dict = {
@@ -38,17 +39,22 @@ class Sampler:
         for key, allowed in self.UNSUPPORTED.items():
             if key in config and config[key] not in allowed:
                 raise ValueError(f"{self.name}: unsupported option {key}={config[key]!r}")
-        self.config = cfg = {k: config.get(k, v) for k, v in self.DEFAULTS.items()}
+        self.config = {k: config.get(k, v) for k, v in self.DEFAULTS.items()}
+        self.num_train_timesteps = int(self.config["num_train_timesteps"])
+        self.timesteps = np.zeros(0, np.float32)
+        self.init_noise_sigma = 1.0
+        self._init_schedule()
+
+    def _init_schedule(self) -> None:
+        """Check the config and build the training schedule (DDPM betas; flow samplers have none)."""
+        cfg = self.config
         _check(self.name, cfg, "prediction_type", ("epsilon", "v_prediction"))
         _check(self.name, cfg, "timestep_spacing", ("leading", "trailing", "linspace"))
-        self.num_train_timesteps = int(cfg["num_train_timesteps"])
         # diffusers builds the schedule in float32 (torch's CPU cumprod accumulates in
         # double). Near t=0, 1 - alphas_cumprod keeps only a few digits in float32, so
         # low sigmas differ from the float64 ones by ~1e-4 relative: round the same way.
         alphas = (1 - self._betas().astype(np.float32)).astype(np.float64)
         self.alphas_cumprod = np.cumprod(alphas).astype(np.float32).astype(np.float64)
-        self.timesteps = np.zeros(0, np.float32)
-        self.init_noise_sigma = 1.0
 
     def _betas(self) -> np.ndarray:
         cfg, n = self.config, self.num_train_timesteps
@@ -74,11 +80,14 @@ class Sampler:
         return np.arange(total, 0, -total / n).round() - 1
 
     def set_timesteps(self, num_steps: int) -> None:
+        self._set_schedule(self._check_steps(num_steps))
+
+    def _check_steps(self, num_steps: int) -> int:
         num_steps = operator.index(num_steps)
         if num_steps < 1:
             raise ValueError(f"{self.name}: num_steps must be >= 1, got {num_steps}")
         self.num_steps = num_steps
-        self._set_schedule(num_steps)
+        return num_steps
 
     def _set_schedule(self, num_steps: int) -> None:
         raise NotImplementedError
@@ -92,6 +101,27 @@ class Sampler:
 
     def scale_model_input(self, sample: np.ndarray, i: int) -> np.ndarray:
         self._index(i)
+        return sample
+
+    # The three hooks below are identities except where a sampler's parameterization needs the
+    # caller to transform around the model call (SCM's trigflow). A runtime loop that calls them
+    # works for every sampler:
+    #     x = noise * s.init_noise_sigma
+    #     for i in range(len(s.timesteps)):
+    #         out = model(s.scale_model_input(x, i), s.model_timestep(i))
+    #         x = s.step(s.prepare_model_output(out, x, i), i, x, rng)
+    #     latents = s.final_sample(x)
+    def model_timestep(self, i: int) -> np.float32:
+        """The timestep value to give the model at step i (before any model-specific scaling)."""
+        return self.timesteps[self._index(i)]
+
+    def prepare_model_output(self, model_output: np.ndarray, sample: np.ndarray, i: int) -> np.ndarray:
+        """The model's raw output (after guidance) as `step` takes it."""
+        self._index(i)
+        return model_output
+
+    def final_sample(self, sample: np.ndarray) -> np.ndarray:
+        """The latents to decode, from the sample the last step returned."""
         return sample
 
     def step(self, model_output: np.ndarray, i: int, sample: np.ndarray,

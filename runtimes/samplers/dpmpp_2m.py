@@ -53,12 +53,16 @@ class DPMPP2MSampler(Sampler):
         alpha = 1 / (s**2 + 1) ** 0.5
         return alpha, s * alpha, -math.log(s)  # lambda = log(alpha / sigma_t)
 
-    def _step(self, out, i, x, rng):
-        alpha, sigma, lam = self._alpha_sigma_lambda(i)
+    def _data_prediction(self, out, i, x):
+        """The model output converted to x0 (diffusers' convert_model_output for dpmsolver++)."""
+        alpha, sigma, _ = self._alpha_sigma_lambda(i)
         if self.config["prediction_type"] == "epsilon":
-            x0 = (x - sigma * out) / alpha
-        else:
-            x0 = alpha * x - sigma * out
+            return (x - sigma * out) / alpha
+        return alpha * x - sigma * out
+
+    def _step(self, out, i, x, rng):
+        _, sigma, lam = self._alpha_sigma_lambda(i)
+        x0 = self._data_prediction(out, i, x)
         prev_x0, self._prev_x0 = self._prev_x0, x0
         if self.sigmas[i + 1] == 0:
             # First-order update to sigma 0 lands exactly on x0.

@@ -1,0 +1,30 @@
+from ..family import Family, ModelDef, TextEncoderDef
+from .dit_parts import FLUX_DEV_TRANSFORMER, FLUX_TRANSFORMER_TINY, FLUX_VAE, FLUX_VAE_TINY
+from .parts import CLIP_L, CLIP_TINY
+from .t5 import T5_TINY, T5_XXL
+
+# Guidance-distilled FLUX.1: guidance is an embedding input, 28 steps, resolution-dependent shift.
+FAMILY = Family(
+    name="flux-dev",
+    description="FLUX.1 [dev] (CLIP-L + T5-XXL, 12B MMDiT, guidance embedding, 28 steps)",
+    pipeline_class="FluxPipeline",
+    hub_id="black-forest-labs/FLUX.1-dev",
+    text_encoders=(
+        TextEncoderDef("text_encoder", "tokenizer", "CLIPTextModel", CLIP_L, CLIP_TINY, hidden=None,
+                       pooled="pooler_output"),
+        TextEncoderDef("text_encoder_2", "tokenizer_2", "T5EncoderModel", T5_XXL, T5_TINY, tokenizer_kind="t5",
+                       max_length=512),
+    ),
+    denoiser=ModelDef("transformer", "FluxTransformer2DModel", FLUX_DEV_TRANSFORMER,
+                      {**FLUX_TRANSFORMER_TINY, "guidance_embeds": True}),
+    vae=ModelDef("vae", "AutoencoderKL", FLUX_VAE, FLUX_VAE_TINY),
+    scheduler={"_class_name": "FlowMatchEulerDiscreteScheduler", "base_image_seq_len": 256, "base_shift": 0.5,
+               "max_image_seq_len": 4096, "max_shift": 1.15, "num_train_timesteps": 1000, "shift": 3.0,
+               "use_dynamic_shifting": True},
+    sampler="flow_euler", steps=28, guidance=3.5,
+    resolution=(256, 1024, 2048),
+    arch="flux",
+    guidance_mode="embedding",
+    signature=("in_channels", "joint_attention_dim", "pooled_projection_dim", "guidance_embeds"),
+    exporter="dynamo",
+)
