@@ -22,6 +22,8 @@ class Component:
     io: IOSpec
     params: int
     exporter: str = "torchscript"  # the denoisers of DiT families need "dynamo" (see onnx_export)
+    # The dynamo exporter's graph optimizer drops SANA's "+ eps" in linear attention (0/0 -> NaN).
+    onnx_optimize: bool = True
 
 
 class TupleOut(nn.Module):
@@ -110,7 +112,8 @@ def vae_encoder(model: nn.Module, resolution: tuple[int, int, int], vae_scale: i
 
 
 def vae_scale_factor(vae: nn.Module) -> int:
-    return 2 ** (len(vae.config.block_out_channels) - 1)
+    cfg = vae.config  # AutoencoderKL: block_out_channels; AutoencoderDC (SANA): encoder_block_out_channels
+    return 2 ** (len(getattr(cfg, "block_out_channels", None) or cfg.encoder_block_out_channels) - 1)
 
 
 def base_recipe(kind: str, family, pipe, resolution: tuple[int, int, int], size_multiple: int) -> dict:

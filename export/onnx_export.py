@@ -67,7 +67,7 @@ def export_component(comp: Component, out_dir: Path, exporter: str = "torchscrip
         if exporter == "dynamo":
             torch.onnx.export(comp.module, args, str(path), dynamo=True, dynamic_shapes=(_torch_dims(io),),
                               input_names=io.input_names, output_names=io.output_names,
-                              external_data=big, verbose=False)
+                              external_data=big, verbose=False, optimize=comp.onnx_optimize)
         elif exporter == "torchscript":
             torch.onnx.export(comp.module, args, str(path), dynamo=False, opset_version=17,
                               input_names=io.input_names, output_names=io.output_names,

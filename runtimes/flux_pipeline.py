@@ -36,10 +36,6 @@ class FluxPipeline(Pipeline):
             return 0.0
         return super().check_guidance(guidance)
 
-    def set_timesteps(self, sched, steps: int, lh: int, lw: int) -> None:
-        sigmas = np.linspace(1.0, 1 / steps, steps) if self.recipe.get("sigmas") == "linspace" else None
-        sched.set_timesteps(steps, mu=sched.mu_for((lh // 2) * (lw // 2)), sigmas=sigmas)
-
     def denoise(self, prompts, negative_prompt, guidance, sched, latents, rng, callback) -> np.ndarray:
         r = self.recipe
         pooled = hidden = None

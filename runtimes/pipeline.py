@@ -20,7 +20,7 @@ from .onnxruntime_backend import OrtComponent
 from .samplers import SAMPLERS, make_sampler
 from .tokenizer import TextTokenizer
 
-KINDS = {"unet": "unet_pipeline", "flux": "flux_pipeline", "sd3": "sd3_pipeline"}
+KINDS = {"unet": "unet_pipeline", "flux": "flux_pipeline", "sd3": "sd3_pipeline", "sana": "sana_pipeline"}
 
 
 class Pipeline:
@@ -131,7 +131,14 @@ class Pipeline:
         return guidance
 
     def set_timesteps(self, sched, steps: int, lh: int, lw: int) -> None:
-        sched.set_timesteps(steps)
+        if not hasattr(sched, "mu_for"):
+            sched.set_timesteps(steps)
+            return
+        # Flow matching: resolution-dependent shift from the image token count, and the
+        # pipeline's own sigma schedule where it passes one (FLUX: linspace(1, 1/n, n)).
+        patch = self.recipe.get("patch", 1)
+        sigmas = np.linspace(1.0, 1 / steps, steps) if self.recipe.get("sigmas") == "linspace" else None
+        sched.set_timesteps(steps, mu=sched.mu_for((lh // patch) * (lw // patch)), sigmas=sigmas)
 
     def denoise(self, prompts, negative_prompt, guidance, sched, latents, rng, callback) -> np.ndarray:
         raise NotImplementedError

@@ -7,7 +7,8 @@ import pytest
 from edgegen.runtimes import Pipeline
 from edgegen.runtimes.samplers import SAMPLERS
 
-FAMILIES = ["sd15", "sd21", "sd-turbo", "sdxl", "sdxl-turbo", "lcm-sd15", "flux-schnell", "flux-dev"]
+FAMILIES = ["sd15", "sd21", "sd-turbo", "sdxl", "sdxl-turbo", "lcm-sd15", "flux-schnell", "flux-dev",
+            "sd3-medium", "sd35-medium", "sd35-large", "sd35-large-turbo"]
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:

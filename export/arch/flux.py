@@ -54,4 +54,5 @@ def recipe(family: Family, pipe, resolution: tuple[int, int, int]) -> dict:
     return {**base_recipe("flux", family, pipe, resolution, vae_scale_factor(pipe.vae) * PACK),
             # FluxPipeline passes sigmas linspace(1, 1/n, n) to the flow-matching scheduler.
             "sigmas": "linspace",
+            "patch": PACK,
             "timestep_scale": 1 / 1000}

@@ -6,7 +6,8 @@ import importlib
 from ...runtimes.errors import EdgegenError
 from ..family import Family
 
-_MODULES = ("sd15", "sd21", "sd_turbo", "sdxl", "sdxl_turbo", "lcm_sd15", "flux_schnell", "flux_dev")
+_MODULES = ("sd15", "sd21", "sd_turbo", "sdxl", "sdxl_turbo", "lcm_sd15", "flux_schnell", "flux_dev",
+            "sd3_medium", "sd35_medium", "sd35_large", "sd35_large_turbo", "sana_1600m", "sana_sprint_1600m")
 
 
 def families() -> dict[str, Family]:

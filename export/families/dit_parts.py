@@ -21,3 +21,23 @@ FLUX_VAE = {
     "use_post_quant_conv": False, "use_quant_conv": False, "force_upcast": True, "mid_block_add_attention": True,
 }
 FLUX_VAE_TINY = {**FLUX_VAE, "block_out_channels": [32, 32, 32, 32], "latent_channels": 4, "layers_per_block": 1}
+
+# SD3 / SD3.5 MMDiT transformers (stabilityai/stable-diffusion-3-medium-diffusers, -3.5-medium, -3.5-large).
+SD3_MEDIUM_TRANSFORMER = {
+    "_class_name": "SD3Transformer2DModel", "attention_head_dim": 64, "caption_projection_dim": 1536,
+    "in_channels": 16, "joint_attention_dim": 4096, "num_attention_heads": 24, "num_layers": 24, "out_channels": 16,
+    "patch_size": 2, "pooled_projection_dim": 2048, "pos_embed_max_size": 192, "sample_size": 128,
+}
+# MMDiT-X: layers 0-12 add a self-only attention; qk RMSNorm; 384 positions (up to 1440px).
+SD35_MEDIUM_TRANSFORMER = {**SD3_MEDIUM_TRANSFORMER, "dual_attention_layers": list(range(13)),
+                           "pos_embed_max_size": 384, "qk_norm": "rms_norm"}
+SD35_LARGE_TRANSFORMER = {**SD3_MEDIUM_TRANSFORMER, "caption_projection_dim": 2432, "num_attention_heads": 38,
+                          "num_layers": 38, "qk_norm": "rms_norm"}
+SD3_TRANSFORMER_TINY = {**SD3_MEDIUM_TRANSFORMER, "attention_head_dim": 8, "caption_projection_dim": 32,
+                        "in_channels": 4, "joint_attention_dim": 64, "num_attention_heads": 4, "num_layers": 2,
+                        "out_channels": 4, "pooled_projection_dim": 64, "pos_embed_max_size": 32, "sample_size": 32}
+SD35_TRANSFORMER_TINY = {**SD3_TRANSFORMER_TINY, "dual_attention_layers": [0], "qk_norm": "rms_norm"}
+# 16-channel AutoencoderKL of SD3/SD3.5; FLUX.1's differs only in scaling and shift.
+SD3_VAE = {**FLUX_VAE, "scaling_factor": 1.5305, "shift_factor": 0.0609}
+SD3_VAE_TINY = {**FLUX_VAE_TINY, "scaling_factor": 1.5305, "shift_factor": 0.0609}
+SD3_SCHEDULER = {"_class_name": "FlowMatchEulerDiscreteScheduler", "num_train_timesteps": 1000, "shift": 3.0}

@@ -1,4 +1,4 @@
-"""Models the planner knows: the six export families plus released DiT/U-Net models without a family yet.
+"""Models the planner knows: every export family, plus released models without a family yet.
 
 A catalog module defines MODEL; nothing else here branches on model names.
 Torch-free: configs are plain dicts, built on the meta device by the planner.
@@ -10,8 +10,7 @@ from dataclasses import dataclass
 
 from ...runtimes.errors import EdgegenError
 
-_MODULES = ("sd35_medium", "sd35_large", "sd35_large_turbo", "flux_dev", "flux_schnell",
-            "playground_v25", "auraflow_v02")
+_MODULES = ("playground_v25", "auraflow_v02")
 
 
 @dataclass(frozen=True)
@@ -68,7 +67,7 @@ def from_family(fam) -> Model:
 def models() -> dict[str, Model]:
     from ...export.families import families
 
-    # An export family of the same name (FLUX.1 has one now) is the source of truth.
+    # An export family of the same name is the source of truth.
     return {**catalog_models(), **{name: from_family(fam) for name, fam in families().items()}}
 
 
