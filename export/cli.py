@@ -155,15 +155,16 @@ def info_cmd(artifact, as_json, no_verify):
         render_info(art)
 
 
-from ..optimize.commands import optimize  # noqa: E402
-main.add_command(optimize)
-
-
 def _register() -> None:
+    """Commands defined beside the code they drive."""
+    from ..bench.harness import bench_cmd
+    from ..optimize.commands import optimize
     from ..profiles.commands import plan_cmd, profiles_cmd
 
+    main.add_command(optimize, "optimize")
     main.add_command(profiles_cmd, "profiles")
     main.add_command(plan_cmd, "plan")
+    main.add_command(bench_cmd, "bench")
 
 
 _register()

@@ -36,10 +36,14 @@ class Pipeline:
 
     @classmethod
     def load(cls, path: str | Path, device: str = "cpu", verify: bool = True, threads: int = 0) -> "Pipeline":
-        art = load_artifact(path, verify=verify)
+        return cls.for_artifact(load_artifact(path, verify=verify), device=device, threads=threads)
+
+    @staticmethod
+    def for_artifact(art: Artifact, device: str = "cpu", threads: int = 0) -> "Pipeline":
+        """The pipeline class of the artifact's recipe kind, on an already loaded artifact."""
         kind = art.manifest.get("pipeline", {}).get("kind")
         if kind not in KINDS:
-            raise EdgegenError(f"{path}: unknown pipeline kind {kind!r}; this edgegen runs {', '.join(KINDS)}")
+            raise EdgegenError(f"{art.root}: unknown pipeline kind {kind!r}; this edgegen runs {', '.join(KINDS)}")
         impl = getattr(importlib.import_module(f"{__package__}.{KINDS[kind]}"), "PIPELINE")
         return impl(art, device=device, threads=threads)
 

@@ -1,0 +1,143 @@
+"""`edgegen optimize`: apply registered passes to an artifact, behind a quality gate.
+
+Registered on the main group in export/cli.py; imports stay inside the command so the
+CLI starts without onnx.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ..runtimes.errors import EdgegenError
+
+
+def _prune_config(spec: str) -> dict:
+    """'2:4' (N:M structured) or a fraction in (0, 1) (unstructured magnitude)."""
+    if ":" in spec:
+        n, _, m = spec.partition(":")
+        if not (n.isdigit() and m.isdigit()) or not 0 < int(n) < int(m):
+            raise EdgegenError(f"--prune {spec}: expected N:M with 0 < N < M (e.g. 2:4) or a sparsity in (0, 1)")
+        return {"mode": "n:m", "n": int(n), "m": int(m)}
+    try:
+        s = float(spec)
+    except ValueError:
+        raise EdgegenError(f"--prune {spec}: expected N:M (e.g. 2:4) or a sparsity in (0, 1)") from None
+    if not 0 < s < 1:
+        raise EdgegenError(f"--prune {spec}: sparsity must be in (0, 1)")
+    return {"mode": "magnitude", "sparsity": s}
+
+
+def _kv(text: str, what: str) -> tuple[str, str]:
+    k, sep, v = text.partition("=")
+    if not sep or not k:
+        raise EdgegenError(f"{what} {text!r}: expected NAME=VALUE")
+    return k.strip(), v.strip()
+
+
+def _value(v: str):
+    for conv in (int, float):
+        try:
+            return conv(v)
+        except ValueError:
+            pass
+    return {"true": True, "false": False}.get(v.lower(), v)
+
+
+def build_passes(fp16=False, bf16=False, int8=False, int8_dynamic=False, fp8=False, int4=False, prune=None,
+                 extra=(), calibration_method=None, int4_algo=None) -> list:
+    from .registry import get_pass
+
+    specs: list[tuple[str, dict]] = []
+    for flag, name in ((fp16, "fp16"), (bf16, "bf16"), (int8, "int8"), (int8_dynamic, "int8-dynamic"),
+                       (fp8, "fp8"), (int4, "int4")):
+        if flag:
+            specs.append((name, {}))
+    if prune:
+        specs.append(("prune", _prune_config(prune)))
+    for text in extra:  # --pass NAME[:key=value,...]
+        name, _, rest = text.partition(":")
+        cfg = dict(_kv(kv, f"--pass {name}") for kv in rest.split(",") if kv) if rest else {}
+        specs.append((name.strip(), {k: _value(v) for k, v in cfg.items()}))
+    passes = []
+    for name, cfg in specs:
+        if calibration_method and name in ("int8", "fp8"):
+            cfg.setdefault("method", calibration_method)
+        if int4_algo and name == "int4":
+            cfg.setdefault("algo", int4_algo)
+        passes.append(get_pass(name, **cfg))
+    return passes
+
+
+@click.command("optimize")
+@click.argument("artifact", type=click.Path(path_type=Path))
+@click.option("--fp16", is_flag=True, help="fp16, with fp32 islands found from calibration data.")
+@click.option("--bf16", is_flag=True, help="bf16 weight storage (fp32 compute where the runtime has no bf16 kernels).")
+@click.option("--int8", is_flag=True, help="int8 static QDQ (explicit quantization), calibrated on sampler trajectories.")
+@click.option("--int8-dynamic", is_flag=True, help="int8 dynamic, MatMul/Gemm only (fast on CPU).")
+@click.option("--fp8", is_flag=True, help="fp8 E4M3 QDQ for Ada/Hopper GPUs, same calibration as --int8.")
+@click.option("--int4", is_flag=True, help="int4 weight-only, blockwise: MatMulNBits + int4 DequantizeLinear for convs.")
+@click.option("--prune", metavar="SPEC", help="2:4 structured sparsity, or a fraction (0.5) for magnitude pruning.")
+@click.option("--pass", "extra", multiple=True, metavar="NAME[:K=V,...]", help="A registered pass with options.")
+@click.option("--components", help="Comma-separated components (default: each pass's usual ones).")
+@click.option("--no-gate", is_flag=True, help="Skip the quality gate (results are not recorded).")
+@click.option("--threshold", multiple=True, metavar="METRIC=VALUE",
+              help="Override a gate limit: cosine, rel_err, psnr, ssim.")
+@click.option("--calibration-method", type=click.Choice(["percentile", "entropy", "minmax", "distribution"]),
+              help="Activation calibrator for --int8/--fp8 (default: percentile / distribution).")
+@click.option("--int4-algo", type=click.Choice(["gptq", "rtn"]), help="int4 scale search: rtn (default) or gptq (calibration-aware).")
+@click.option("--calibration-prompts", type=int, default=4, show_default=True)
+@click.option("--gate-prompts", type=int, default=2, show_default=True)
+@click.option("--steps", type=int, help="Steps per trajectory (default: the family's).")
+@click.option("--size", type=int, help="Image side for trajectories (default: the family's).")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Artifact folder to create.")
+@click.option("--force", is_flag=True, help="Replace --out if it exists.")
+def optimize(artifact, fp16, bf16, int8, int8_dynamic, fp8, int4, prune, extra, components, no_gate, threshold,
+             calibration_method, int4_algo, calibration_prompts, gate_prompts, steps, size, out, force):
+    """Optimize ARTIFACT's graphs into a new artifact; every pass is checked by a quality gate."""
+    from ..runtimes.artifact import check_out_path
+
+    check_out_path(out, force)
+    passes = build_passes(fp16, bf16, int8, int8_dynamic, fp8, int4, prune, extra, calibration_method, int4_algo)
+    thresholds = {}
+    for t in threshold:
+        k, v = _kv(t, "--threshold")
+        try:
+            thresholds[k] = float(v)
+        except ValueError:
+            raise EdgegenError(f"--threshold {t}: {v!r} is not a number") from None
+    comps = [c.strip() for c in components.split(",") if c.strip()] if components else None
+    if calibration_prompts < 1 or gate_prompts < 1 or calibration_prompts + gate_prompts > 8:
+        raise EdgegenError("--calibration-prompts and --gate-prompts must be >= 1 and sum to at most 8")
+    if steps is not None and steps < 1:
+        raise EdgegenError(f"--steps must be >= 1, got {steps}")
+
+    from rich.console import Console
+
+    from .apply import optimize as run
+
+    console = Console(stderr=True)
+    with console.status("starting") as status:
+        def progress(msg):
+            console.log(msg)
+            status.update(msg)
+
+        path = run(artifact, passes, out, force=force, components=comps, gate=not no_gate, thresholds=thresholds,
+                   calibration_prompts=calibration_prompts, gate_prompts=gate_prompts, steps=steps, size=size,
+                   say=progress)
+    from ..runtimes.artifact import load_artifact
+
+    art = load_artifact(path, verify=False)
+    for name, c in art.components.items():
+        o = c.get("optimize")
+        if not o:
+            continue
+        g = c.get("gate", {})
+        gate_txt = ("gate skipped" if g.get("skipped") else
+                    f"cosine {g['cosine']:.5f}, rel err {g['rel_err']:.4f}")
+        click.echo(f"{name}: {c['precision']}, {o['parent_bytes'] / 1e6:.1f} -> {o['bytes'] / 1e6:.1f} MB "
+                   f"({o['size_ratio']:.2f}x), {gate_txt}")
+    e2e = art.manifest.get("gate", {}).get("end_to_end")
+    if e2e:
+        click.echo(f"end to end: PSNR {e2e['psnr']:.2f} dB, SSIM {e2e['ssim']:.4f} (worst of {e2e['prompts']} prompts)")
+    click.echo(f"wrote {path}")

@@ -1,0 +1,155 @@
+"""int8 (static QDQ, dynamic) and fp8 (E4M3 QDQ): onnxruntime.quantization does the work.
+
+What edgegen adds: calibration data from real sampler trajectories (several prompts x
+all steps, see calibrate.py), the skip list (graph.SKIP_PATTERNS: embeddings,
+time/guidance projections, conv_in/out, proj_in/out, norms, first/last layer), and
+quantizing only weight-bearing Conv/MatMul/Gemm nodes: attention's activation x
+activation MatMuls stay float (the usual recipe; they carry softmax probabilities).
+
+Static QDQ uses symmetric int8 activations and per-channel symmetric weights: explicit
+quantization TensorRT consumes directly (zero points 0), and ORT CPU runs it with its
+QDQ int8 kernels.
+
+Memory: the library loads the model once (one copy of the weights) and, for static
+calibration, runs an augmented copy that outputs every calibrated activation; ORT's
+calibrators keep histograms, not the activations.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .. import graph as G
+from ..calibrate import FeedReader
+from ..registry import Pass, PassContext, PassResult, Thresholds, register
+from ...runtimes.errors import EdgegenError
+
+_METHODS = ("percentile", "entropy", "minmax", "distribution")
+
+
+def _quantizable(model, op_types, skip: bool) -> tuple[list[str], list[str]]:
+    nodes = [n.name for n in G.weight_nodes(model, op_types)]
+    skipped = set(G.skip_list(model, op_types)) if skip else set()
+    return [n for n in nodes if n not in skipped], sorted(skipped)
+
+
+def _load_for_library(ctx: PassContext, opset: int):
+    """(graph structure without weights, a model path for onnxruntime.quantization).
+
+    The library loads the weights itself; edgegen loads them only when it must change the
+    graph first (unnamed nodes, an opset upgrade for float8), then stages that copy on
+    disk and drops it, so one copy of the weights is in memory at a time."""
+    model = G.structure(ctx.src)
+    stage = ctx.dst.parent / f"{ctx.dst.name}.input"
+    if G.needs_names(model) or G.opset(model) < opset:
+        full = G.load_model(ctx.src)
+        G.ensure_node_names(full)
+        full = G.upgrade_opset(full, opset)
+        path = G.stage(ctx.src, stage, full)
+        del full
+        return G.structure(path), path
+    return model, G.stage(ctx.src, stage)
+
+
+def _weight_bytes(model) -> int:
+    return sum(G.initializer_bytes(model).values())
+
+
+def _files(folder: Path) -> list[str]:
+    names = sorted(p.name for p in folder.iterdir())
+    return [G.GRAPH] + [n for n in names if n != G.GRAPH]
+
+
+class _StaticQDQ(Pass):
+    group = "precision"
+    order = 20
+    roles = ("denoiser",)
+    needs_calibration = True
+    opset = 17
+    activation = weight = None  # QuantType names
+
+    def check_config(self):
+        if self.config["method"] not in _METHODS:
+            raise EdgegenError(f"{self.name}: calibration method must be one of {', '.join(_METHODS)}")
+
+    def apply(self, ctx: PassContext) -> PassResult:
+        from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+        if not ctx.calibration:
+            raise EdgegenError(f"{ctx.component}: {self.name} needs calibration inputs")
+        model, path = _load_for_library(ctx, self.opset)
+        nodes, skipped = _quantizable(model, ("Conv", "MatMul", "Gemm"), self.config["skip"])
+        if not nodes:
+            raise EdgegenError(f"{ctx.component}: nothing for {self.name} to quantize")
+        method = {"percentile": CalibrationMethod.Percentile, "entropy": CalibrationMethod.Entropy,
+                  "minmax": CalibrationMethod.MinMax, "distribution": CalibrationMethod.Distribution}[self.config["method"]]
+        extra = {"ActivationSymmetric": True, "WeightSymmetric": True,
+                 "CalibPercentile": self.config["percentile"], "CalibTensorRangeSymmetric": True}
+        ctx.dst.mkdir(parents=True, exist_ok=True)
+        big = _weight_bytes(model) > G.INLINE_LIMIT
+        del model
+        with G.quiet():
+            quantize_static(
+                str(path), str(ctx.dst / G.GRAPH), FeedReader(ctx.calibration, ctx.io.input_names),
+                quant_format=QuantFormat.QDQ, op_types_to_quantize=["Conv", "MatMul", "Gemm"],
+                per_channel=self.config["per_channel"], activation_type=getattr(QuantType, self.activation),
+                weight_type=getattr(QuantType, self.weight), nodes_to_quantize=nodes,
+                use_external_data_format=big, calibrate_method=method, extra_options=extra,
+                calibration_providers=["CPUExecutionProvider"],
+            )
+        return PassResult(_files(ctx.dst), precision=self.precision,
+                          report={"quantized_nodes": len(nodes), "skipped_nodes": skipped,
+                                  "calibration_samples": len(ctx.calibration)})
+
+
+@register
+class Int8Static(_StaticQDQ):
+    name = "int8"
+    version = 1
+    precision = "int8"
+    activation = weight = "QInt8"
+    thresholds = Thresholds(cosine=0.9, rel_err=0.45, psnr=18.0, ssim=0.7)
+    defaults = {"method": "percentile", "percentile": 99.999, "per_channel": True, "skip": True}
+    help = "int8 static QDQ, calibrated along sampler trajectories"
+
+
+@register
+class FP8(_StaticQDQ):
+    name = "fp8"
+    version = 1
+    precision = "fp8"
+    opset = 19  # float8 QuantizeLinear/DequantizeLinear
+    activation = weight = "QFLOAT8E4M3FN"
+    thresholds = Thresholds(cosine=0.95, rel_err=0.3, psnr=20.0, ssim=0.8)
+    # ORT computes float8 scales from the activations' distribution (its only float8 method).
+    defaults = {"method": "distribution", "percentile": 99.999, "per_channel": False, "skip": True}
+    help = "fp8 E4M3 QDQ (Ada/Hopper GPUs), calibrated like int8"
+
+
+@register
+class Int8Dynamic(Pass):
+    name = "int8-dynamic"
+    version = 1
+    group = "precision"
+    order = 20
+    roles = ("denoiser", "text_encoder")
+    thresholds = Thresholds(cosine=0.98, rel_err=0.2, psnr=24.0, ssim=0.9)
+    defaults = {"per_channel": False, "skip": True}
+    help = "int8 dynamic quantization of MatMul/Gemm weights (dynamic ConvInteger is 2.5x slower on CPU)"
+
+    def apply(self, ctx: PassContext) -> PassResult:
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        model, path = _load_for_library(ctx, 0)
+        nodes, skipped = _quantizable(model, ("MatMul", "Gemm"), self.config["skip"])
+        if not nodes:
+            raise EdgegenError(f"{ctx.component}: no MatMul/Gemm weights for {self.name} to quantize")
+        big = _weight_bytes(model) > G.INLINE_LIMIT
+        del model
+        ctx.dst.mkdir(parents=True, exist_ok=True)
+        with G.quiet():
+            quantize_dynamic(str(path), str(ctx.dst / G.GRAPH), op_types_to_quantize=["MatMul", "Gemm"],
+                             per_channel=self.config["per_channel"], weight_type=QuantType.QInt8,
+                             nodes_to_quantize=nodes, use_external_data_format=big,
+                             extra_options={"MatMulConstBOnly": True})
+        return PassResult(_files(ctx.dst), precision="int8-dynamic",
+                          report={"quantized_nodes": len(nodes), "skipped_nodes": skipped})
