@@ -38,7 +38,7 @@ def _write_tokenizers(family: Family, pipe, root: Path) -> list[str]:
         with tempfile.TemporaryDirectory() as tmp:
             getattr(pipe, te.tokenizer).save_pretrained(tmp)
             shutil.copytree(tmp, folder)
-            write_runtime_tokenizer_any(Path(tmp), folder, te.max_length)
+            write_runtime_tokenizer_any(Path(tmp), folder, te.max_length, te.padding_side)
         files += [str(p.relative_to(root)) for p in sorted(folder.iterdir())]
     return files
 
@@ -82,7 +82,7 @@ def export(family_name: str, source: Source, out: str | Path, force: bool = Fals
         (tmp / "scheduler").mkdir()
         pipe.scheduler.save_config(tmp / "scheduler")
         misc = tok_files + ["scheduler/scheduler_config.json"]
-        save_manifest(tmp, {
+        manifest = {
             "family": family.name,
             "description": family.description,
             "source": source.describe(),
@@ -96,7 +96,12 @@ def export(family_name: str, source: Source, out: str | Path, force: bool = Fals
                         "config": {"format": "onnx", "exporter": exporter or "per component", "precision": "fp32",
                                    "seconds": round(time.time() - started, 1)}}],
             "tools": tool_versions(),
-        })
+        }
+        from .sampler_graphs import add_sampler_graphs, merge_entries
+
+        say("tracing the default sampler (and the few-step denoise graph) into ONNX")
+        merge_entries(manifest, add_sampler_graphs(tmp, manifest, say=say))
+        save_manifest(tmp, manifest)
     if not out.exists():
         raise EdgegenError(f"export finished but {out} was not written")
     return out

@@ -49,6 +49,12 @@ class FluxPipeline(Pipeline):
         if "guidance" in self.artifact.io(r["denoiser"]).input_names:
             fixed["guidance"] = np.full(n, guidance, np.float32)
         x = pack(latents * np.float32(sched.init_noise_sigma))
+        graph = self.denoise_graph(sched, False)
+        if graph is not None:
+            out = self._stage("denoise_graph", lambda **kw: {"latents": graph(rng=rng, **kw)}, {"latents": x, **fixed})
+            if callback:
+                callback(len(sched.timesteps) - 1, len(sched.timesteps))
+            return unpack(out["latents"], h, w)
         for i in range(len(sched.timesteps)):
             ts = np.full(n, sched.model_timestep(i) * r["timestep_scale"], np.float32)
             pred = self.run_component(r["denoiser"], hidden_states=sched.scale_model_input(x, i), timestep=ts,

@@ -33,6 +33,10 @@ class Pipeline:
         # Called as fn(stage, inputs, outputs, seconds) after every stage: per-stage timing
         # for bench, calibration data capture for optimize.
         self.observers: list[Callable[[str, dict, dict, float], None]] = []
+        # Few-step artifacts carry denoise.onnx (all steps in one graph); calibration capture
+        # needs per-step denoiser calls and turns this off.
+        self.use_denoise_graph = True
+        self._denoise_graphs: dict = {}
 
     @classmethod
     def load(cls, path: str | Path, device: str = "cpu", verify: bool = True, threads: int = 0) -> "Pipeline":
@@ -146,6 +150,18 @@ class Pipeline:
 
     def denoise(self, prompts, negative_prompt, guidance, sched, latents, rng, callback) -> np.ndarray:
         raise NotImplementedError
+
+    def denoise_graph(self, sched, cfg: bool):
+        """The artifact's one-call denoise graph for this schedule, or None (absent, stale, other steps)."""
+        from .graph_sampler import DenoiseGraph
+
+        key = DenoiseGraph.match(self.artifact, sched, cfg) if self.use_denoise_graph else None
+        if key is None:
+            return None
+        if key not in self._denoise_graphs:
+            entry = self.artifact.manifest["denoise_graphs"][key]
+            self._denoise_graphs[key] = DenoiseGraph(self.artifact.root, entry, self.device, self.threads)
+        return self._denoise_graphs[key]
 
     def guided_step(self, sched, i: int, pred: np.ndarray, latents: np.ndarray, cfg: bool, guidance: float, rng):
         """Classifier-free guidance on a batched [uncond, cond] prediction, then one sampler step."""

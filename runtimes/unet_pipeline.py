@@ -63,6 +63,13 @@ class UnetPipeline(Pipeline):
         size = (latents.shape[2] * r["vae_scale_factor"], latents.shape[3] * r["vae_scale_factor"])
         fixed, cfg = self._conditioning(prompts, negative_prompt, guidance, size)
         latents = latents * np.float32(sched.init_noise_sigma)
+        graph = self.denoise_graph(sched, cfg)
+        if graph is not None:
+            out = self._stage("denoise_graph", lambda **kw: {"latents": graph(
+                rng=rng, guidance_scale=guidance if cfg else None, **kw)}, {"latents": latents, **fixed})["latents"]
+            if callback:
+                callback(len(sched.timesteps) - 1, len(sched.timesteps))
+            return out
         for i, t in enumerate(sched.timesteps):
             x = np.concatenate([latents, latents]) if cfg else latents
             x = sched.scale_model_input(x, i)
