@@ -21,6 +21,7 @@ class TextEncoderDef:
     tokenizer_kind: str = "clip"      # how to build a real tokenizer offline: clip | t5 | gemma
     max_length: int = 77
     attention_mask: bool = False      # the encoder takes the tokenizer's mask (Gemma in SANA)
+    padding_side: str | None = None   # runtime tokenizer padding; None: the tokenizer's own (SANA: "right")
 
     @property
     def label(self) -> str:
