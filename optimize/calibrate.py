@@ -50,7 +50,9 @@ def make_pipeline(art: Artifact):
     manifest is not written yet)."""
     from ..runtimes.pipeline import Pipeline
 
-    return Pipeline.for_artifact(art)
+    pipe = Pipeline.for_artifact(art)
+    pipe.use_denoise_graph = False  # calibration needs the denoiser's per-step inputs
+    return pipe
 
 
 def _evenly(items: list, n: int) -> list:

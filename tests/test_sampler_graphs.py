@@ -152,8 +152,9 @@ def _install(root, **kw):
 
 
 def _runtime_run(art, steps, guidance, sampler, latents, seed):
-    """Run the runtime pipeline; return (the denoiser's fixed inputs, the last sampler output)."""
+    """Run the runtime's numpy loop; return (the denoiser's fixed inputs, the last sampler output)."""
     pipe = Pipeline.load(art)
+    pipe.use_denoise_graph = False  # the reference is the per-step loop
     seen = {}
 
     def observe(stage, inputs, outputs, dt):
