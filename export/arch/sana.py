@@ -8,14 +8,18 @@ instruction and is tokenized to 300 tokens. The recipe carries the instruction t
 so the runtime needs no diffusers. The Gemma graph takes any sequence length (dynamic "txt_seq" up to
 the instruction-prefixed length); the transformer takes up to 300 text tokens with their mask.
 
+Exporters: Gemma with TorchScript (dynamic length works and is ~10x faster than dynamo; its check
+feeds all-ones masks, right-padded ones are compared with diffusers in tests/test_sana.py); the
+transformer and DC-AE with dynamo (TorchScript cannot type DC-AE's movedim), onnx_optimize=False:
+their linear attention divides by a sum + 1e-15 that the dynamo optimizer drops (0/0 -> NaN).
+
 DC-AE: decode(z).sample and encode(x).latent (a plain latent, no distribution, no quant convs).
-Linear attention (transformer and DC-AE) divides by a sum + 1e-15 that the dynamo exporter's
-optimizer drops (0/0 -> NaN), so those graphs are exported with onnx_optimize=False.
 """
 from __future__ import annotations
 
 import inspect
 
+import torch
 from torch import nn
 
 from ...runtimes.iospec import Dim, IOSpec, TensorSpec
@@ -61,7 +65,9 @@ def transformer(model: nn.Module, resolution: tuple[int, int, int], vae_scale: i
     inputs = [
         TensorSpec("hidden_states", "float32", ("batch", cfg.in_channels, "latent_height", "latent_width")),
         TensorSpec("encoder_hidden_states", "float32", ("batch", "txt_seq", cfg.caption_channels)),
-        TensorSpec("encoder_attention_mask", "int64", ("batch", "txt_seq"), 0, 1),
+        # 1 = token, 0 = padding; float so that every denoiser input is float32 (the transformer
+        # turns it into a (1 - mask) * -10000 bias in the hidden dtype either way).
+        TensorSpec("encoder_attention_mask", "float32", ("batch", "txt_seq"), 0, 1),
         TensorSpec("timestep", "float32", ("batch",), 0, timestep_high),
     ]
     if cfg.guidance_embeds:
@@ -70,6 +76,11 @@ def transformer(model: nn.Module, resolution: tuple[int, int, int], vae_scale: i
                                            ("batch", cfg.out_channels, "latent_height", "latent_width")),), dims)
 
     def fn(m, hidden, ehs, mask, timestep, guidance=None):
+        # torch.onnx traces size-obliviously: without these, each input's batch is its own symbol and
+        # the cross-attention mask's broadcast dims cannot be proven equal (export fails).
+        for t in (ehs, mask, timestep) + (() if guidance is None else (guidance,)):
+            torch._check(t.shape[0] == hidden.shape[0])
+        torch._check(mask.shape[1] == ehs.shape[1])
         return (m(hidden, encoder_hidden_states=ehs, encoder_attention_mask=mask, timestep=timestep,
                   guidance=guidance, return_dict=False)[0],)
 
@@ -81,9 +92,9 @@ def transformer(model: nn.Module, resolution: tuple[int, int, int], vae_scale: i
 def dc_decoder(model: nn.Module, resolution: tuple[int, int, int], vae_scale: int) -> Component:
     c = model.config.latent_channels
     dims = {"batch": batch_dim(), **latent_dims(resolution, vae_scale, 1)}
+    image = ("batch", 3, f"{vae_scale}*latent_height", f"{vae_scale}*latent_width")
     io = IOSpec((TensorSpec("latent", "float32", ("batch", c, "latent_height", "latent_width"), -4, 4),),
-                (TensorSpec("image", "float32", ("batch", 3, f"{vae_scale}*latent_height", f"{vae_scale}*latent_width")),),
-                dims)
+                (TensorSpec("image", "float32", image),), dims)
     comp = Component("vae_decoder", TupleOut(model, lambda m, z: (m.decode(z, return_dict=False)[0],)).eval(),
                      io, count_params(model.decoder), exporter="dynamo")
     comp.onnx_optimize = False
@@ -93,7 +104,8 @@ def dc_decoder(model: nn.Module, resolution: tuple[int, int, int], vae_scale: in
 def dc_encoder(model: nn.Module, resolution: tuple[int, int, int], vae_scale: int) -> Component:
     c = model.config.latent_channels
     lo, opt, hi = resolution
-    dims = {"batch": batch_dim(), "height": Dim("height", lo, opt, hi, vae_scale), "width": Dim("width", lo, opt, hi, vae_scale)}
+    dims = {"batch": batch_dim(), "height": Dim("height", lo, opt, hi, vae_scale),
+            "width": Dim("width", lo, opt, hi, vae_scale)}
     io = IOSpec((TensorSpec("image", "float32", ("batch", 3, "height", "width")),),
                 (TensorSpec("latent", "float32", ("batch", c, f"height/{vae_scale}", f"width/{vae_scale}")),), dims)
     comp = Component("vae_encoder", TupleOut(model, lambda m, x: (m.encode(x, return_dict=False)[0],)).eval(),

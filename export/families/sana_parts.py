@@ -87,12 +87,13 @@ DC_AE_F32C32 = {
 # more positions than attention_head_dim (diffusers switches to a quadratic form below that, a
 # branch the export bakes in): with head dim 8 the smallest stage needs a 3x3 latent, so tiny
 # families start at 96 px (the real ones, head dim 32 and >= 256 px, are linear throughout).
+# Default 192 px (6x6 latent): validation then runs at a latent size (4x4) other than the export one (3x3).
 DC_AE_TINY = {
     **DC_AE_F32C32, "attention_head_dim": 8, "decoder_block_out_channels": [8, 8, 16, 16, 32, 32],
     "decoder_layers_per_block": [1, 1, 1, 1, 1, 1], "encoder_block_out_channels": [8, 8, 16, 16, 32, 32],
     "encoder_layers_per_block": [1, 1, 1, 1, 1, 1], "latent_channels": 8,
 }
-TINY_RESOLUTION = (96, 128, 256)
+TINY_RESOLUTION = (96, 192, 256)
 
 # scheduler/scheduler_config.json of Sana_1600M_1024px_diffusers: DPM-Solver++(2M) on flow sigmas
 # with shift 3 (the options not listed are DPMSolverMultistepScheduler's defaults).

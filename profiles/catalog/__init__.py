@@ -36,8 +36,9 @@ class Model:
         return [p for p in self.parts if p.role == role]
 
 
-def vae_decoder(config: dict) -> Part:
-    return Part("vae_decoder", "vae_decoder", "diffusers.AutoencoderKL", config,
+def vae_decoder(config: dict, cls: str = "AutoencoderKL") -> Part:
+    # AutoencoderDC (SANA) has no post_quant_conv; absent submodules are skipped when counting.
+    return Part("vae_decoder", "vae_decoder", f"diffusers.{cls}", config,
                 submodules=("decoder", "post_quant_conv"))
 
 
@@ -60,7 +61,7 @@ def from_family(fam) -> Model:
         denoiser = Part("unet", "denoiser", "diffusers.UNet2DConditionModel", fam.unet)
     vae = fam.vae.config if hasattr(fam.vae, "config") else fam.vae
     cfg = fam.guidance_mode == "cfg" and fam.guidance > 1.0
-    return Model(fam.name, fam.description.split(" (")[0], (*tes, denoiser, vae_decoder(vae)),
+    return Model(fam.name, fam.description.split(" (")[0], (*tes, denoiser, vae_decoder(vae, getattr(fam.vae, "cls", "AutoencoderKL"))),
                  fam.resolution[1], cfg, _text_tokens(fam.text_encoders) or 77)
 
 
