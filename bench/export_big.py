@@ -1,0 +1,387 @@
+"""Export the full-size FLUX transformer (11.9B parameters) within a small RAM budget, and check it per block.
+
+    python bench/export_big.py [--model flux-schnell] [--dtype float16] [--work /tmp/edgegen-big] \
+        [--record export_flux_schnell_streaming] [--cleanup]
+
+1. A seeded random bf16 checkpoint (bench/make_random_checkpoint.py) unless one is there.
+2. export/streaming.py's stream_export in a child process: wall time and peak RSS
+   (ru_maxrss of that child, from os.wait4: what RUSAGE_CHILDREN reports, for this child alone).
+3. Per-block check in another child: the whole 12B graph can't run in fp32 here (47.6 GB), and
+   onnxruntime's CPU EP has no bfloat16 MatMul, so single blocks are cut out of the exported
+   graph itself (onnx.utils.Extractor on the weight-less graph; the cut reuses model.onnx.data
+   in place) and compared with the same diffusers block in PyTorch fp32, its weights loaded
+   from the same checkpoint. Each cut holds the block plus whatever it needs from the graph
+   inputs (timestep/text embedding, rotary tables); the residual streams entering it are fed
+   directly. Two comparisons per block:
+   - the graph lifted to float32 (export.streaming.upcast_to_float32) vs PyTorch fp32 with the
+     same (dtype-rounded) weights: only summation order differs, so this checks the graph and
+     the weight mapping tightly;
+   - the graph as exported (fp16) in onnxruntime vs PyTorch fp32 and vs PyTorch fp16: the
+     precision cost of computing in fp16 (not possible for bfloat16 graphs on CPU).
+   The first double block includes the input embedders; the last single block the output head.
+
+Weights are seeded random: export time and memory don't depend on their values.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from machine import describe  # noqa: E402
+
+TINY = {"num_layers": 2, "num_single_layers": 2, "attention_head_dim": 16, "num_attention_heads": 2,
+        "joint_attention_dim": 32, "pooled_projection_dim": 32, "in_channels": 16, "axes_dims_rope": [4, 6, 6]}
+PREFIX = "model."  # CastIO keeps the transformer as `.model`: initializer and scope names start with it
+FP32_ATOL, FP32_RTOL = 1e-4, 1e-3   # lifted graph vs PyTorch fp32 (as export/onnx_export.py)
+LOW_RTOL = 2e-2                     # fp16 graph vs PyTorch: error <= LOW_RTOL * max|reference|
+
+
+def flux_model(name: str, tiny: bool = False):
+    from diffusers import FluxTransformer2DModel
+
+    from edgegen.export.families.dit_parts import FLUX_DEV_TRANSFORMER, FLUX_TRANSFORMER
+
+    cfg = {"flux-schnell": FLUX_TRANSFORMER, "flux-dev": FLUX_DEV_TRANSFORMER}[name]
+    cfg = {k: v for k, v in cfg.items() if not k.startswith("_")}
+    if tiny:  # same class, tiny sizes: for trying this script out in a minute
+        cfg.update(TINY)
+    return FluxTransformer2DModel, cfg
+
+
+def default_blocks(cfg: dict) -> list[str]:
+    """First and last double-stream blocks, first and last single-stream blocks."""
+    return ["transformer_blocks.0", f"transformer_blocks.{cfg['num_layers'] - 1}", "single_transformer_blocks.0",
+            f"single_transformer_blocks.{cfg['num_single_layers'] - 1}"]
+
+
+def flux_io(config: dict, max_batch: int = 4):
+    """FLUX transformer IO: packed 2x2 latents (img_seq = H/16 * W/16), T5 states, CLIP pooled, ids."""
+    from edgegen.runtimes.iospec import Dim, IOSpec, TensorSpec
+
+    ch, txt, pooled = config["in_channels"], config["joint_attention_dim"], config["pooled_projection_dim"]
+    inputs = [TensorSpec("hidden_states", "float32", ("batch", "img_seq", ch)),
+              TensorSpec("encoder_hidden_states", "float32", ("batch", "txt_seq", txt)),
+              TensorSpec("pooled_projections", "float32", ("batch", pooled)),
+              TensorSpec("timestep", "float32", ("batch",), 0.0, 1.0),
+              TensorSpec("img_ids", "float32", ("img_seq", 3), 0.0, 127.0),
+              TensorSpec("txt_ids", "float32", ("txt_seq", 3), 0.0, 0.0)]
+    if config.get("guidance_embeds"):
+        inputs.append(TensorSpec("guidance", "float32", ("batch",), 1.0, 10.0))
+    dims = {"batch": Dim("batch", 1, 1, max_batch),
+            "img_seq": Dim("img_seq", 16, 4096, 16384),   # 256 px .. 2048 px
+            "txt_seq": Dim("txt_seq", 8, 256, 512)}       # schnell 256 tokens, dev 512
+    return IOSpec(tuple(inputs), (TensorSpec("sample", "float32", ("batch", "img_seq", ch)),), dims)
+
+
+# ---------------------------------------------------------------- children
+
+def child_export(args) -> dict:
+    from edgegen.export.streaming import stream_export
+
+    cls, cfg = flux_model(args.model, args.tiny)
+    t0 = time.perf_counter()
+    log = lambda s: print(f"[{time.perf_counter() - t0:6.0f} s] {s}", file=sys.stderr, flush=True)  # noqa: E731
+    rep = stream_export(cls, cfg, Path(args.checkpoint), flux_io(cfg), Path(args.out), dtype=args.dtype, log=log)
+    return rep.to_dict()
+
+
+def _residual_cut(model, prev: str, nxt: str) -> dict[str, str]:
+    """{"enc"/"hidden": value} flowing from module `prev` into module `nxt` (the two residual streams)."""
+    from edgegen.export.streaming import scope_boundary
+
+    _, outs = scope_boundary(model, PREFIX + prev)
+    ins, _ = scope_boundary(model, PREFIX + nxt)
+    vi = {v.name: v for v in model.graph.value_info}
+    cut = {}
+    for name in outs:
+        if name in ins and name in vi:
+            dims = [d.dim_param or d.dim_value for d in vi[name].type.tensor_type.shape.dim]
+            if len(dims) == 3 and dims[0] == "batch" and dims[1] in ("img_seq", "txt_seq"):
+                cut["hidden" if dims[1] == "img_seq" else "enc"] = name
+    return cut
+
+
+def _neighbours(block: str, n_double: int, n_single: int) -> tuple[str | None, str | None]:
+    kind, k = block.rsplit(".", 1)
+    k = int(k)
+    if kind == "transformer_blocks":
+        prev = f"transformer_blocks.{k - 1}" if k else None
+        nxt = f"transformer_blocks.{k + 1}" if k + 1 < n_double else "single_transformer_blocks.0"
+    else:
+        prev = f"single_transformer_blocks.{k - 1}" if k else f"transformer_blocks.{n_double - 1}"
+        nxt = f"single_transformer_blocks.{k + 1}" if k + 1 < n_single else None
+    return prev, nxt
+
+
+def _load_modules(full, names: list[str], ckpt, dtype, compute):
+    """Materialize only `names` of the meta model, weights = checkpoint -> graph dtype -> `compute`."""
+    for name in names:
+        mod = full.get_submodule(name)
+        mod.to_empty(device="cpu")
+        sd = {k: ckpt.get(f"{name}.{k}").to(dtype).to(compute) for k, _ in mod.named_parameters()}
+        mod.load_state_dict(sd, strict=True)
+        mod.to(compute)
+    return full
+
+
+def _torch_block(full, block: str, feeds: dict, cut: dict, last: bool, compute):
+    """What the graph cut computes, in PyTorch (mirrors FluxTransformer2DModel.forward and CastIO)."""
+    import torch
+
+    t = {k: torch.from_numpy(np.asarray(v, dtype=np.float32)).to(compute) for k, v in feeds.items()}
+    with torch.no_grad():
+        ts = t["timestep"] * 1000
+        temb = (full.time_text_embed(ts, t["guidance"] * 1000, t["pooled_projections"]) if "guidance" in t
+                else full.time_text_embed(ts, t["pooled_projections"]))
+        rope = full.pos_embed(torch.cat((t["txt_ids"], t["img_ids"]), dim=0))
+        if cut:
+            hidden = torch.from_numpy(cut["hidden"].astype(np.float32)).to(compute)
+            enc = torch.from_numpy(cut["enc"].astype(np.float32)).to(compute)
+        else:
+            hidden, enc = full.x_embedder(t["hidden_states"]), full.context_embedder(t["encoder_hidden_states"])
+        enc, hidden = full.get_submodule(block)(hidden_states=hidden, encoder_hidden_states=enc, temb=temb,
+                                                image_rotary_emb=rope)
+        if last:
+            return {"sample": full.proj_out(full.norm_out(hidden, temb)).float().numpy()}
+        return {"enc": enc.float().numpy(), "hidden": hidden.float().numpy()}
+
+
+def child_validate(args) -> dict:
+    import onnx
+    import onnxruntime as ort
+    import torch
+
+    from edgegen.export.streaming import DTYPES, Checkpoint, build_on_meta, extract_submodel, upcast_to_float32
+
+    cls, cfg = flux_model(args.model, args.tiny)
+    io = flux_io(cfg)
+    out = Path(args.out)
+    graph = onnx.load(str(out / "model.onnx"), load_external_data=False)
+    ckpt = Checkpoint(Path(args.checkpoint))
+    gdtype = DTYPES[args.dtype]
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    sizes_list = [{"batch": 1, "img_seq": 64, "txt_seq": 24}, {"batch": 3, "img_seq": 32, "txt_seq": 8}]
+    results = []
+    for block in args.blocks:
+        t0 = time.perf_counter()
+        prev, nxt = _neighbours(block, cfg["num_layers"], cfg["num_single_layers"])
+        cut_in = _residual_cut(graph, prev, block) if prev else {}
+        if prev and set(cut_in) != {"enc", "hidden"}:
+            raise SystemExit(f"{block}: expected the two residual streams from {prev}, found {cut_in}")
+        if nxt:
+            cut_out = _residual_cut(graph, block, nxt)
+            if set(cut_out) != {"enc", "hidden"}:
+                raise SystemExit(f"{block}: expected the two residual streams into {nxt}, found {cut_out}")
+            outputs = [cut_out["enc"], cut_out["hidden"]]
+        else:
+            outputs = [o.name for o in graph.graph.output]
+        inputs = [*cut_in.values(), *io.input_names]
+        sub_path = extract_submodel(out / "model.onnx", inputs, outputs, out / f"check_{block}.onnx")
+        sub = onnx.load(str(sub_path), load_external_data=False)
+        weights = sorted(t.name for t in sub.graph.initializer if t.name.startswith(PREFIX))
+        own = [w for w in weights if w.startswith(f"{PREFIX}{block}.")]
+        foreign = [w for w in weights if not w.startswith(f"{PREFIX}{block}.")
+                   and w.split(".")[1] in ("transformer_blocks", "single_transformer_blocks")]
+        if foreign:
+            raise SystemExit(f"{block}: the cut pulled in other blocks' weights: {foreign[:4]}")
+        lifted = upcast_to_float32(sub_path, out / "lifted" / f"check_{block}.onnx")
+        names = [n for n in ("x_embedder", "context_embedder", "time_text_embed", "pos_embed", "norm_out", "proj_out")]
+        names.append(block)
+        refs = {}
+        for compute in (torch.float32, torch.float16):
+            full, _ = build_on_meta(cls, cfg, torch.float32)
+            _load_modules(full, names, ckpt, gdtype, compute)
+            refs[str(compute).split(".")[1]] = full
+        low = ort.InferenceSession(str(sub_path), opts, providers=["CPUExecutionProvider"]) \
+            if args.dtype == "float16" else None
+        hi = ort.InferenceSession(str(lifted), opts, providers=["CPUExecutionProvider"])
+        checks = []
+        for k, sizes in enumerate(sizes_list):
+            feeds = io.example(sizes, seed=10 + k)
+            rng = np.random.default_rng(20 + k)
+            width = cfg["num_attention_heads"] * cfg["attention_head_dim"]
+            cut_feeds = {}
+            if cut_in:
+                for key, seq in (("hidden", "img_seq"), ("enc", "txt_seq")):
+                    cut_feeds[key] = rng.standard_normal((sizes["batch"], sizes[seq], width)).astype(np.float16)
+            # What the graph sees: float inputs rounded to its dtype by CastIO.
+            seen = {k2: torch.from_numpy(v).to(gdtype).float().numpy() if v.dtype == np.float32 else v
+                    for k2, v in feeds.items()}
+            ref32 = _torch_block(refs["float32"], block, seen, cut_feeds, nxt is None, torch.float32)
+            ref16 = _torch_block(refs["float16"], block, seen, cut_feeds, nxt is None, torch.float16)
+            sub_names = [i.name for i in sub.graph.input]
+            by_name = {**seen, **{cut_in[key]: v for key, v in cut_feeds.items()}}
+            keys = ["enc", "hidden"] if nxt else ["sample"]
+            got32 = dict(zip(keys, hi.run(None, {n: by_name[n].astype(np.float32) if n in cut_in.values() else by_name[n]
+                                                for n in sub_names})))
+            got16 = dict(zip(keys, low.run(None, {n: by_name[n] for n in sub_names}))) if low else {}
+            for key in keys:
+                r32, r16 = ref32[key], ref16[key]
+                scale = float(np.abs(r32).max())
+                row = {"sizes": sizes, "output": key, "max_abs_ref": scale,
+                       "lifted_fp32_vs_torch_fp32": float(np.abs(got32[key] - r32).max()),
+                       "torch_fp16_vs_torch_fp32": float(np.abs(r16 - r32).max())}
+                row["lifted_tolerance"] = FP32_ATOL + FP32_RTOL * scale
+                ok = row["lifted_fp32_vs_torch_fp32"] <= row["lifted_tolerance"] and np.isfinite(got32[key]).all()
+                if got16:
+                    g = got16[key].astype(np.float32)
+                    row["finite"] = bool(np.isfinite(g).all())
+                    row["graph_fp16_vs_torch_fp32"] = float(np.abs(g - r32).max())
+                    row["graph_fp16_vs_torch_fp16"] = float(np.abs(g - r16).max())
+                    row["fp16_tolerance"] = LOW_RTOL * scale
+                    ok = ok and row["finite"] and row["graph_fp16_vs_torch_fp32"] <= row["fp16_tolerance"]
+                row["passed"] = bool(ok)
+                checks.append(row)
+                print(json.dumps({"block": block, **row}), file=sys.stderr, flush=True)
+        del low, hi, refs
+        for p in (sub_path, lifted, lifted.with_name(lifted.name + ".data")):
+            p.unlink(missing_ok=True)
+        results.append({"block": block, "cut_inputs": cut_in, "weights_in_cut": len(weights),
+                        "block_weights": len(own), "checks": checks, "seconds": round(time.perf_counter() - t0, 1),
+                        "passed": all(c["passed"] for c in checks)})
+    shutil.rmtree(out / "lifted", ignore_errors=True)
+    return {"blocks": results, "passed": all(r["passed"] for r in results),
+            "rule": {"lifted": f"max|onnx_fp32 - torch_fp32| <= {FP32_ATOL} + {FP32_RTOL}*max|torch|",
+                     "fp16": (f"max|onnx_fp16 - torch_fp32| <= {LOW_RTOL}*max|torch|, no NaN/inf"
+                              if args.dtype == "float16" else
+                              f"the {args.dtype} graph itself can't run here (onnxruntime's CPU EP has no "
+                              f"{args.dtype} MatMul): checked lifted to fp32 only")}}
+
+
+# ---------------------------------------------------------------- parent
+
+def run_child(stage: str, args, extra: list[str]) -> tuple[dict, float, float]:
+    """Run a stage in a child; returns (its JSON result, wall seconds, its peak RSS in GiB)."""
+    cmd = [sys.executable, __file__, "--stage", stage, "--model", args.model, "--dtype", args.dtype, *(["--tiny"] * args.tiny),
+           "--checkpoint", str(args.checkpoint), "--out", str(args.out), *extra]
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    stdout = proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)  # this child's own rusage (Linux ru_maxrss: KiB)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    wall = time.perf_counter() - t0
+    if proc.returncode:
+        sys.exit(f"{stage} failed (exit {proc.returncode})")
+    return json.loads(stdout.strip().splitlines()[-1]), wall, usage.ru_maxrss / 2**20
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default="flux-schnell", choices=["flux-schnell", "flux-dev"])
+    ap.add_argument("--dtype", default="float16", choices=["float16", "bfloat16"])
+    ap.add_argument("--work", type=Path, default=Path("/tmp/edgegen-big"))
+    ap.add_argument("--checkpoint", type=Path, help="default: WORK/<model>-random-bf16.safetensors")
+    ap.add_argument("--out", type=Path, help="default: WORK/<model>-<dtype>-onnx")
+    ap.add_argument("--blocks", nargs="+", help="default: first and last of each kind")
+    ap.add_argument("--tiny", action="store_true", help="a tiny config of the same class (tries the script out)")
+    ap.add_argument("--skip-export", action="store_true", help="validate an existing export")
+    ap.add_argument("--record", help="write bench/results/<name>.json and .md")
+    ap.add_argument("--cleanup", action="store_true", help="delete the checkpoint and the export at the end")
+    ap.add_argument("--stage", choices=["export", "validate"], help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    tag = args.model + ("-tiny" if args.tiny else "")
+    args.checkpoint = args.checkpoint or args.work / f"{tag}-random-bf16.safetensors"
+    args.out = args.out or args.work / f"{tag}-{args.dtype}-onnx"
+    args.blocks = args.blocks or default_blocks(flux_model(args.model, args.tiny)[1])
+    if args.stage:
+        res = child_export(args) if args.stage == "export" else child_validate(args)
+        print(json.dumps(res))
+        return
+
+    result = {"command": "python bench/export_big.py " + " ".join(sys.argv[1:]), "model": tag,
+              "weights": "seeded random bf16 checkpoint (real architecture); export time and memory don't depend on values",
+              "machine": describe()}
+    from make_random_checkpoint import make_random_checkpoint, summary_path
+
+    if not args.checkpoint.exists():
+        cls, cfg = flux_model(args.model, args.tiny)
+        print(f"writing {args.checkpoint}", file=sys.stderr)
+        result["checkpoint"] = make_random_checkpoint(cls, cfg, args.checkpoint, "bfloat16", seed=0)
+    elif summary_path(args.checkpoint).exists():
+        result["checkpoint"] = json.loads(summary_path(args.checkpoint).read_text())
+    else:
+        result["checkpoint"] = {"path": str(args.checkpoint), "bytes": args.checkpoint.stat().st_size}
+    if not args.skip_export:
+        rep, wall, peak = run_child("export", args, [])
+        result["export"] = {"dtype": args.dtype, "wall_seconds": round(wall, 1), "peak_rss_gb": round(peak, 2),
+                            "budget_gb": 8, "within_budget": peak <= 8, **rep}
+        print(json.dumps(result["export"], indent=2), file=sys.stderr)
+    val, wall, peak = run_child("validate", args, ["--blocks", *args.blocks])
+    result["validation"] = {"wall_seconds": round(wall, 1), "peak_rss_gb": round(peak, 2), **val}
+    print(json.dumps(result, indent=2))
+    if args.record:
+        write_record(args.record, result)
+    if args.cleanup:
+        shutil.rmtree(args.out, ignore_errors=True)
+        args.checkpoint.unlink(missing_ok=True)
+        summary_path(args.checkpoint).unlink(missing_ok=True)
+    if not val["passed"]:
+        sys.exit(1)
+
+
+MECHANISM = (
+    "export/streaming.py: the transformer is built with every parameter on the meta device; "
+    "torch.onnx.export(dynamo=True, optimize=False) traces it with meta inputs (initializers carry no data); "
+    "onnxscript's optimizer runs with the weights turned into graph inputs so nothing folds or renames them; "
+    "the weight-less graph is serialized (15 MB) and each weight is then read from the safetensors file "
+    "(safe_open get_tensor), cast to the graph dtype and appended to model.onnx.data with "
+    "onnx.external_data_helper.save_external_data, one tensor at a time.")
+
+
+def write_record(name: str, r: dict) -> None:
+    res = HERE / "results"
+    res.mkdir(exist_ok=True)
+    (res / f"{name}.json").write_text(json.dumps(r, indent=2) + "\n")
+    m, e, val = r["machine"], r.get("export", {}), r["validation"]
+    ck = r.get("checkpoint", {})
+    lines = [f"# Streaming ONNX export: {r['model']} transformer", "",
+             f"Command: `{r['command']}`", "",
+             f"Machine: {m['cpu']}, {m['cores']} cores (shared with other jobs), {m['ram_gb']} GB RAM; Python {m['python']}; "
+             + ", ".join(f"{k} {ver}" for k, ver in m["versions"].items()) + f". Date: {m['date']}.", "",
+             f"Weights: {r['weights']}. Checkpoint: {ck.get('bytes', 0) / 1e9:.2f} GB safetensors"
+             + (f", {ck['params']:,} parameters, written in {ck['seconds']} s by bench/make_random_checkpoint.py"
+                if "params" in ck else " (bench/make_random_checkpoint.py)") + ".", "",
+             f"Mechanism: {MECHANISM}", ""]
+    if e:
+        sec = e["seconds"]
+        lines += ["| export | value |", "|---|---|",
+                  f"| graph dtype (weights and compute; inputs/outputs float32) | {e['dtype']} |",
+                  f"| wall time | {e['wall_seconds']} s (build {sec.get('build')}, trace {sec.get('trace')}, "
+                  f"optimize {sec.get('optimize')}, stream {sec.get('stream')}) |",
+                  f"| peak RSS of the export process (ru_maxrss) | {e['peak_rss_gb']} GB (budget {e['budget_gb']} GB) |",
+                  f"| tensors streamed | {e['tensors']} (unused, dropped: {len(e.get('dropped', []))}) |",
+                  f"| model.onnx.data | {e['data_bytes'] / 1e9:.2f} GB |",
+                  f"| largest tensor in memory at once (checkpoint copy + cast copy) | {e['max_tensor_bytes'] / 1e6:.0f} MB |",
+                  f"| weights while tracing | {e['weights_device']} |", ""]
+    lines += [f"Per-block check ({val['wall_seconds']} s, peak RSS {val['peak_rss_gb']} GB): each block is cut out of the "
+              "exported graph (inputs: the two residual streams, fed random N(0,1) in fp16, plus the graph inputs for "
+              "the timestep/text embedding and rotary tables) and compared with the diffusers block in PyTorch on the "
+              "same checkpoint weights, at two shapes other than the export shape (batch 2, img_seq 16, txt_seq 8). "
+              "transformer_blocks.0 includes the input embedders; the last single block includes norm_out and proj_out "
+              f"(the graph output). Rules: {val['rule']['lifted']} (graph lifted to fp32); {val['rule'].get('fp16', '')}.",
+              "", "| block | output | sizes | max abs ref | lifted fp32 vs torch fp32 | fp16 graph vs torch fp32 | "
+              "fp16 graph vs torch fp16 | torch fp16 vs torch fp32 | passed |", "|---|---|---|---|---|---|---|---|---|"]
+    for b in val["blocks"]:
+        for c in b["checks"]:
+            s = c["sizes"]
+            lines.append(f"| {b['block']} | {c['output']} | b{s['batch']} img{s['img_seq']} txt{s['txt_seq']} | "
+                         f"{c['max_abs_ref']:.3g} | {c['lifted_fp32_vs_torch_fp32']:.2e} | "
+                         f"{c.get('graph_fp16_vs_torch_fp32', float('nan')):.2e} | "
+                         f"{c.get('graph_fp16_vs_torch_fp16', float('nan')):.2e} | {c['torch_fp16_vs_torch_fp32']:.2e} | "
+                         f"{c['passed']} |")
+    (res / f"{name}.md").write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
