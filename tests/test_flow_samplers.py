@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from edgegen.runtimes.samplers import SAMPLERS, Sampler, calculate_shift, make_sampler
+from helpers import assert_close, patch_randn
 
 FLOW = {name: cls for name, cls in SAMPLERS.items() if cls.flow_matching}
 
@@ -122,22 +123,8 @@ def reference(name, cfg):
     return getattr(diffusers, cls.diffusers_class).from_config(getattr(cls, "diffusers_defaults", {}) | cfg)
 
 
-def patch_randn(monkeypatch, scheduler, rng):
-    """Make the diffusers scheduler take its noise from `rng`, drawn as our samplers draw it."""
-    import torch
-
-    module = sys.modules[type(scheduler).__module__]
-
-    def randn_tensor(shape, generator=None, device=None, dtype=None, layout=None):
-        draw = rng.standard_normal(tuple(shape)).astype(np.float32)
-        return torch.from_numpy(draw).to(dtype or torch.float32)
-
-    monkeypatch.setattr(module, "randn_tensor", randn_tensor)
 
 
-def assert_close(ours, ref):
-    ref = np.asarray(ref, np.float64)
-    np.testing.assert_allclose(ours, ref, rtol=0, atol=1e-5 * max(1.0, float(np.abs(ref).max())))
 
 
 def run_steps(monkeypatch, ours, ref):

@@ -6,9 +6,7 @@ import shutil
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
-from edgegen.export.cli import main
 from edgegen.optimize import graph as G
 from edgegen.optimize.apply import optimize
 from edgegen.optimize.calibrate import collect
@@ -16,6 +14,7 @@ from edgegen.optimize.registry import PASSES, Pass, PassResult, Thresholds, get_
 from edgegen.runtimes import Pipeline
 from edgegen.runtimes.artifact import load_artifact
 from edgegen.runtimes.errors import EdgegenError
+from helpers import assert_user_error, run_cli as run
 
 FAST = ["lcm-sd15", "sdxl"]
 SLOW = ["sd15", "sd21", "sd-turbo", "sdxl-turbo", "flux-schnell"]
@@ -31,17 +30,8 @@ PASS_SPECS = [
 ]
 
 
-def run(*args):
-    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
 
 
-def assert_user_error(result, *fragments):
-    assert result.exit_code == 2, result.output
-    lines = [line for line in result.output.strip().splitlines() if line.startswith("error:")]
-    assert len(lines) == 1, result.output
-    for f in fragments:
-        assert f in lines[0], lines[0]
-    assert "Traceback" not in result.output
 
 
 def leftovers(folder):

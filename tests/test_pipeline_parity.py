@@ -1,11 +1,10 @@
 """The runtime's image equals the diffusers pipeline's image (tiny configs, same latents)."""
-import sys
-
 import numpy as np
 import pytest
 
 from edgegen.runtimes import Pipeline
 from edgegen.runtimes.samplers import SAMPLERS
+from helpers import patch_randn
 
 FAMILIES = ["sd15", "sd21", "sd-turbo", "sdxl", "sdxl-turbo", "lcm-sd15", "flux-schnell", "flux-dev",
             "sd3-medium", "sd35-medium", "sd35-large", "sd35-large-turbo"]
@@ -26,10 +25,7 @@ def diffusers_image(pipe, art, sampler, prompt, steps, guidance, latents, seed, 
     config = ours.artifact.manifest["scheduler"]
     pipe.scheduler = getattr(diffusers, SAMPLERS[sampler].diffusers_class).from_config(config)
     # Stochastic samplers: diffusers draws its step noise from the same numpy stream as the runtime.
-    rng = np.random.default_rng(seed)
-    module = sys.modules[type(pipe.scheduler).__module__]
-    monkeypatch.setattr(module, "randn_tensor",
-                        lambda shape, **kw: torch.from_numpy(rng.standard_normal(tuple(shape)).astype(np.float32)))
+    patch_randn(monkeypatch, pipe.scheduler, np.random.default_rng(seed))
     kw = {}
     if ours.recipe["kind"] == "flux":
         from edgegen.runtimes.flux_pipeline import pack

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from edgegen.runtimes.samplers import SAMPLERS, Sampler, make_sampler
+from helpers import assert_close, patch_randn
 
 # The DDPM-schedule samplers; the flow-matching ones are in test_flow_samplers.py.
 DDPM = {name: cls for name, cls in SAMPLERS.items() if not cls.flow_matching}
@@ -75,23 +76,8 @@ def reference_cls(name):
     return getattr(diffusers, REFERENCE[name])
 
 
-def patch_randn(monkeypatch, scheduler_cls, rng):
-    """Make the diffusers scheduler take its noise from `rng`, drawn as our samplers draw it."""
-    import torch
-
-    module = sys.modules[scheduler_cls.__module__]
-
-    def randn_tensor(shape, generator=None, device=None, dtype=None, layout=None):
-        draw = rng.standard_normal(tuple(shape)).astype(np.float32)
-        return torch.from_numpy(draw).to(dtype or torch.float32)
-
-    monkeypatch.setattr(module, "randn_tensor", randn_tensor)
 
 
-def assert_close(ours, ref):
-    # float32 rounding in diffusers grows with the values' size (up to ~60 at high sigma).
-    ref = np.asarray(ref, np.float64)
-    np.testing.assert_allclose(ours, ref, rtol=0, atol=1e-5 * max(1.0, float(np.abs(ref).max())))
 
 
 def pair(name, cfg, n):
