@@ -372,13 +372,17 @@ def write_record(name: str, r: dict) -> None:
               f"(the graph output). Rules: {val['rule']['lifted']} (graph lifted to fp32); {val['rule'].get('fp16', '')}.",
               "", "| block | output | sizes | max abs ref | lifted fp32 vs torch fp32 | fp16 graph vs torch fp32 | "
               "fp16 graph vs torch fp16 | torch fp16 vs torch fp32 | passed |", "|---|---|---|---|---|---|---|---|---|"]
+
+    def fmt(x):
+        return "n/a" if x is None else f"{x:.2e}"
+
     for b in val["blocks"]:
         for c in b["checks"]:
             s = c["sizes"]
             lines.append(f"| {b['block']} | {c['output']} | b{s['batch']} img{s['img_seq']} txt{s['txt_seq']} | "
                          f"{c['max_abs_ref']:.3g} | {c['lifted_fp32_vs_torch_fp32']:.2e} | "
-                         f"{c.get('graph_fp16_vs_torch_fp32', float('nan')):.2e} | "
-                         f"{c.get('graph_fp16_vs_torch_fp16', float('nan')):.2e} | {c['torch_fp16_vs_torch_fp32']:.2e} | "
+                         f"{fmt(c.get('graph_fp16_vs_torch_fp32'))} | "
+                         f"{fmt(c.get('graph_fp16_vs_torch_fp16'))} | {c['torch_fp16_vs_torch_fp32']:.2e} | "
                          f"{c['passed']} |")
     (res / f"{name}.md").write_text("\n".join(lines) + "\n")
 
