@@ -94,10 +94,10 @@ def _memory_estimate(manifest: dict, profile: Profile, precision: str, height: i
     try:
         if profile.kind == "cpu":
             peak = planner.predict_peak_rss(manifest["family"], precision, height, width, 1, "onnxruntime-cpu", True)
-            return {"model": "planner: onnxruntime-cpu process RSS (warm)", "predicted_peak_gib": round(peak / GiB, 3),
+            return {"model": "planner: onnxruntime-cpu process RSS (warm)", "predicted_gib": round(peak / GiB, 3),
                     "usable_gib": round(profile.usable_gb, 3)}
         plan = planner.plan_for_device(manifest["family"], profile, height, width, 1, precision)["plans"][0]
-        return {"model": "planner: accelerator memory", "predicted_peak_gib": plan["resident_peak_gib"],
+        return {"model": "planner: accelerator memory", "predicted_gib": plan["resident_peak_gib"],
                 "sequential_peak_gib": plan["sequential_peak_gib"], "verdict": plan["meaning"],
                 "usable_gib": plan["usable_gib"]}
     except EdgegenError as e:

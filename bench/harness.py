@@ -77,52 +77,109 @@ def summarize(child: dict) -> dict:
 
 # -- child processes ----------------------------------------------------------------------
 
-def run_child(cfg: dict, workdir: Path, status=None) -> dict:
-    """Run one configuration in a fresh interpreter; returns its report with the kernel's peak RSS."""
-    mode = cfg["mode"]
-    cfg_path, out_path, log_path = (workdir / f"{mode}.{ext}" for ext in ("config.json", "result.json", "log"))
-    cfg_path.write_text(json.dumps(cfg))
-    with open(log_path, "w") as log:
-        p = subprocess.Popen([sys.executable, "-m", "edgegen.bench.worker", str(cfg_path), str(out_path)],
-                             stdout=log, stderr=log, stdin=subprocess.DEVNULL)
-    ru_maxrss = None
-    try:
-        if hasattr(os, "wait4"):
-            while True:
-                pid, st, ru = os.wait4(p.pid, os.WNOHANG)
-                if pid:
-                    p.returncode, ru_maxrss = os.waitstatus_to_exitcode(st), ru.ru_maxrss
-                    break
-                if status is not None:
-                    lines = [ln for ln in log_path.read_text(errors="replace").splitlines() if ln.startswith(f"[{mode}]")]
-                    status.update(f"measuring {mode}: {lines[-1] if lines else 'loading'}")
-                time.sleep(0.5)
-        else:
-            p.wait()
-    finally:
-        if p.returncode is None:
-            p.kill()
-            p.wait()
-    try:
-        res = json.loads(out_path.read_text())
-    except (OSError, ValueError):
-        tail = log_path.read_text(errors="replace").strip().splitlines()[-1:] if log_path.exists() else []
-        raise EdgegenError(f"the {mode} measurement process failed (exit {p.returncode})"
-                           + (f": {tail[0][:300]}" if tail else "")) from None
-    if "error" in res:
-        raise EdgegenError(f"{mode} measurement failed: {res['error']}")
-    from .memory import maxrss_bytes
+class Child:
+    """One configuration in a fresh interpreter (bench/worker.py). With lockstep=True it loads, says
+    "ready", and runs one generation each time `run_once` asks (interleaved measurement)."""
 
-    # The child's own VmHWM is the peak of its address space alone. The kernel's ru_maxrss for the
-    # child is not: Linux carries the parent's high-water mark into the child across fork/vfork +
-    # exec (exec_mmap folds the old mm's hiwater_rss into signal->maxrss), so a large parent (a test
-    # process holding torch) would leak into it. ru_maxrss is kept as a cross-check only.
-    res["ru_maxrss_bytes"] = maxrss_bytes(ru_maxrss) if ru_maxrss else None
-    if res.get("peak_rss_self"):
-        res["peak_rss_bytes"], res["peak_rss_method"] = res["peak_rss_self"], "VmHWM of the child process"
-    else:
-        res["peak_rss_bytes"], res["peak_rss_method"] = res["ru_maxrss_bytes"], "ru_maxrss of the child process"
-    return res
+    def __init__(self, cfg: dict, workdir: Path, lockstep: bool = False):
+        self.mode = mode = cfg["mode"]
+        self.cfg_path, self.out_path, self.log_path = (workdir / f"{mode}.{ext}"
+                                                       for ext in ("config.json", "result.json", "log"))
+        self.cfg_path.write_text(json.dumps({**cfg, "lockstep": lockstep}))
+        with open(self.log_path, "w") as log:
+            pipe = subprocess.PIPE if lockstep else None
+            self.p = subprocess.Popen([sys.executable, "-m", "edgegen.bench.worker", str(self.cfg_path),
+                                       str(self.out_path)], stdout=pipe or log, stderr=log,
+                                      stdin=pipe or subprocess.DEVNULL, text=True)
+        self.ru_maxrss = None
+
+    def _expect(self, word: str) -> None:
+        line = self.p.stdout.readline()
+        if not line.startswith(word):     # EOF: the child failed; wait() reports why
+            self.wait()
+            raise EdgegenError(f"the {self.mode} measurement process stopped unexpectedly")
+
+    def ready(self) -> None:
+        self._expect("ready")
+
+    def run_once(self) -> None:
+        self.p.stdin.write("run\n")
+        self.p.stdin.flush()
+        self._expect("done")
+
+    def kill(self) -> None:
+        if self.p.returncode is None and self.p.poll() is None:
+            self.p.kill()
+            self.p.wait()
+
+    def last_log_line(self) -> str | None:
+        lines = [ln for ln in self.log_path.read_text(errors="replace").splitlines() if ln.startswith(f"[{self.mode}]")]
+        return lines[-1] if lines else None
+
+    def wait(self, status=None) -> dict:
+        """Wait for the child to exit; its report, with the peak RSS of its own address space."""
+        try:
+            if hasattr(os, "wait4"):
+                while True:
+                    pid, st, ru = os.wait4(self.p.pid, os.WNOHANG)
+                    if pid:
+                        self.p.returncode, self.ru_maxrss = os.waitstatus_to_exitcode(st), ru.ru_maxrss
+                        break
+                    if status is not None:
+                        status.update(f"measuring {self.mode}: {self.last_log_line() or 'loading'}")
+                    time.sleep(0.5)
+            else:
+                self.p.wait()
+        finally:
+            self.kill()
+        try:
+            res = json.loads(self.out_path.read_text())
+        except (OSError, ValueError):
+            tail = self.log_path.read_text(errors="replace").strip().splitlines()[-1:]
+            raise EdgegenError(f"the {self.mode} measurement process failed (exit {self.p.returncode})"
+                               + (f": {tail[0][:300]}" if tail else "")) from None
+        if "error" in res:
+            raise EdgegenError(f"{self.mode} measurement failed: {res['error']}")
+        from .memory import maxrss_bytes
+
+        # The child's own VmHWM is the peak of its address space alone. The kernel's ru_maxrss for the
+        # child is not: Linux carries the parent's high-water mark into the child across fork/vfork +
+        # exec (exec_mmap folds the old mm's hiwater_rss into signal->maxrss), so a large parent (a test
+        # process holding torch) would leak into it. ru_maxrss is kept as a cross-check only.
+        res["ru_maxrss_bytes"] = maxrss_bytes(self.ru_maxrss) if self.ru_maxrss else None
+        if res.get("peak_rss_self"):
+            res["peak_rss_bytes"], res["peak_rss_method"] = res["peak_rss_self"], "VmHWM of the child process"
+        else:
+            res["peak_rss_bytes"], res["peak_rss_method"] = res["ru_maxrss_bytes"], "ru_maxrss of the child process"
+        return res
+
+
+def run_child(cfg: dict, workdir: Path, status=None) -> dict:
+    """One configuration from start to end, alone."""
+    return Child(cfg, workdir).wait(status)
+
+
+def run_interleaved(cfgs: list[dict], workdir: Path, status=None) -> list[dict]:
+    """Configurations loaded one after the other and kept loaded (their memory adds up on the host,
+    each child's peak is still its own), then measured in turns, the order alternating every round,
+    so that the load of a shared machine falls on all of them alike."""
+    children: list[Child] = []
+    try:
+        for cfg in cfgs:
+            if status is not None:
+                status.update(f"loading {cfg['mode']}")
+            children.append(Child(cfg, workdir, lockstep=True))
+            children[-1].ready()
+        total = cfgs[0]["warmup"] + cfgs[0]["runs"]
+        for i in range(total):
+            for c in (children if i % 2 == 0 else children[::-1]):
+                if status is not None:
+                    status.update(f"interleaved round {i + 1}/{total}: running {c.mode}")
+                c.run_once()
+        return [c.wait() for c in children]
+    finally:
+        for c in children:
+            c.kill()
 
 
 def _memory(child: dict, gpu: bool) -> dict:
@@ -210,20 +267,23 @@ def _check_available(baseline: str) -> None:
             raise EdgegenError(f"--baseline {baseline} needs {m.split('.')[0]}, which is not installed here ({how})")
 
 
-def _command(artifact, device, baseline, runs, warmup, steps, height, width, as_json, report, estimate, no_verify) -> str:
+def _command(artifact, device, baseline, runs, warmup, steps, height, width, as_json, report, estimate, no_verify,
+             interleave=False) -> str:
     args = ["edgegen", "bench", str(artifact), "--device", device]
     for flag, v in (("--baseline", baseline), ("--steps", steps), ("--height", height), ("--width", width)):
         if v is not None:
             args += [flag, str(v)]
     if not estimate:
         args += ["--runs", str(runs), "--warmup", str(warmup)]
-    args += [f for f, on in (("--estimate", estimate), ("--json", as_json), ("--no-verify", no_verify)) if on]
+    args += [f for f, on in (("--interleave", interleave), ("--estimate", estimate), ("--json", as_json),
+                             ("--no-verify", no_verify)) if on]
     if report:
         args += ["--report", str(report)]
     return " ".join(shlex.quote(a) for a in args)
 
 
-def measure(art, profile, host, baseline, runs, warmup, steps, height, width, verify, status=None) -> dict:
+def measure(art, profile, host, baseline, runs, warmup, steps, height, width, verify, status=None,
+            interleave: bool = False) -> dict:
     from .host import runtime_device
 
     manifest, r = art.manifest, art.manifest["pipeline"]
@@ -233,10 +293,15 @@ def measure(art, profile, host, baseline, runs, warmup, steps, height, width, ve
                 "guidance": r["defaults"]["guidance"], "sampler": r["defaults"]["sampler"], "seed": 0,
                 "height": height, "width": width, "runs": runs, "warmup": warmup, "verify": verify}
     results, images = {}, {}
+    modes = ["edgegen"] + ([baseline] if baseline else [])
     with tempfile.TemporaryDirectory(prefix="edgegen-bench-") as tmp:
         tmp = Path(tmp)
-        for name, mode in (("edgegen", "edgegen"), *(((baseline, baseline),) if baseline else ())):
-            child = run_child({**base_cfg, "mode": mode, "image_out": str(tmp / f"{mode}.npy")}, tmp, status)
+        cfgs = [{**base_cfg, "mode": m, "image_out": str(tmp / f"{m}.npy")} for m in modes]
+        if interleave and len(cfgs) > 1:
+            children = run_interleaved(cfgs, tmp, status)
+        else:
+            children = [run_child(c, tmp, status) for c in cfgs]
+        for mode, child in zip(modes, children):
             s = summarize(child)
             s["memory"] = _memory(child, gpu)
             runtime = "onnxruntime-cpu" if mode in ("edgegen", "openvino") else "torch-cpu"
@@ -251,11 +316,11 @@ def measure(art, profile, host, baseline, runs, warmup, steps, height, width, ve
                 if pred["measured_gib"]:
                     pred["error_pct"] = round(100 * (pred["predicted_gib"] / pred["measured_gib"] - 1), 1)
             s["planner"] = pred
-            results[name] = s
+            results[mode] = s
             try:
                 import numpy as np
 
-                images[name] = np.load(tmp / f"{mode}.npy")
+                images[mode] = np.load(tmp / f"{mode}.npy")
             except (OSError, ValueError):
                 pass
     out = {"runtimes": results}
@@ -263,7 +328,9 @@ def measure(art, profile, host, baseline, runs, warmup, steps, height, width, ve
         out["ratios"] = ratios(results["edgegen"], results[baseline])
         if baseline in images and "edgegen" in images:
             out["image_psnr_db"] = psnr(images["edgegen"], images[baseline])
-    out["measured_on"] = "GPU (VRAM)" if gpu else "CPU (process RSS)"
+    out["measured_on"] = "GPU, VRAM" if gpu else "CPU, process RSS"
+    out["schedule"] = ("interleaved: both loaded, runs alternating (order flipped every round)"
+                       if interleave and baseline else "sequential: each configuration alone, one after the other")
     out["runtime_device"] = device
     return out
 
@@ -282,7 +349,11 @@ def measure(art, profile, host, baseline, runs, warmup, steps, height, width, ve
               help="Write Markdown, JSON and a PNG chart into this folder.")
 @click.option("--estimate", is_flag=True, help="Roofline estimate from the profile instead of measuring.")
 @click.option("--no-verify", is_flag=True, help="Skip checking the artifact's file digests.")
-def bench_cmd(artifact, device, baseline, runs, warmup, steps, height, width, as_json, report, estimate, no_verify):
+@click.option("--interleave", is_flag=True,
+              help="With --baseline: keep both loaded and alternate their runs (fairer ratios on a busy host; "
+                   "needs the memory of both at once).")
+def bench_cmd(artifact, device, baseline, runs, warmup, steps, height, width, as_json, report, estimate, no_verify,
+              interleave):
     """Measure ARTIFACT on this host: per-stage latency, end to end, peak memory."""
     from ..profiles.device import get_profile, load_profiles
     from ..runtimes.artifact import load_artifact
@@ -296,8 +367,10 @@ def bench_cmd(artifact, device, baseline, runs, warmup, steps, height, width, as
         raise EdgegenError(f"need --runs >= 1 and --warmup >= 0, got {runs} and {warmup}")
     if steps is not None and steps < 1:
         raise EdgegenError(f"--steps must be >= 1, got {steps}")
-    if estimate and baseline:
-        raise EdgegenError("--estimate measures nothing, so it takes no --baseline")
+    if estimate and (baseline or interleave):
+        raise EdgegenError("--estimate measures nothing, so it takes no --baseline or --interleave")
+    if interleave and not baseline:
+        raise EdgegenError("--interleave alternates edgegen with a --baseline; give one")
     pipe = Pipeline.load(artifact, verify=False)   # reads the manifest; no sessions yet
     d = pipe.defaults
     steps, height, width = steps or d["steps"], height or d["height"], width or d["width"]
@@ -306,7 +379,8 @@ def bench_cmd(artifact, device, baseline, runs, warmup, steps, height, width, as
     except KeyError as e:
         raise EdgegenError(f"{artifact}: its manifest has no recipe field {e} (written by an older edgegen); "
                            "export it again") from None
-    command = _command(artifact, device, baseline, runs, warmup, steps, height, width, as_json, report, estimate, no_verify)
+    command = _command(artifact, device, baseline, runs, warmup, steps, height, width, as_json, report, estimate, no_verify,
+                       interleave)
     from .machine import describe
 
     manifest = pipe.artifact.manifest
@@ -337,7 +411,8 @@ def bench_cmd(artifact, device, baseline, runs, warmup, steps, height, width, as
         from rich.console import Console
 
         with Console(stderr=True).status("measuring") as status:
-            body = measure(pipe.artifact, profile, host, baseline, runs, warmup, steps, height, width, False, status)
+            body = measure(pipe.artifact, profile, host, baseline, runs, warmup, steps, height, width, False, status,
+                           interleave)
         result = {**head, "kind": "measurement", **body,
                   "budget": {"device_memory_gib": profile.memory_gb, "usable_gib": round(profile.usable_gb, 3)}}
     if report:

@@ -47,7 +47,8 @@ def _spread(d: dict | None) -> str:
 def stem(result: dict) -> str:
     s, a = result["settings"], result["artifact"]
     kind = "estimate_" if result["kind"] == "estimate" else ""
-    return f"bench_{kind}{a['family']}_{s['height']}x{s['width']}_{result['device']['name']}"
+    sched = "_interleaved" if str(result.get("schedule", "")).startswith("interleaved") else ""
+    return f"bench_{kind}{a['family']}_{s['height']}x{s['width']}_{result['device']['name']}{sched}"
 
 
 def _baseline(result: dict) -> str | None:
@@ -97,10 +98,10 @@ def print_table(result: dict) -> None:
         from rich import box
 
         t = Table(title=f"ESTIMATE (roofline, nothing measured): {what}", box=box.SIMPLE_HEAD)
-        for c in ("stage", "calls", "FLOPs/call", "weights", "bound", "est. time/call", "est. total"):
-            t.add_column(c)
+        for c in ("stage", "calls", "FLOP/call", "weights", "bound", "per call", "total"):
+            t.add_column(c, no_wrap=True, justify="left" if c in ("stage", "bound") else "right")
         for n, v in result["stages"].items():
-            t.add_row(n, str(v["calls"]), f"{_flops(v['flops_per_call'])}FLOP", f"{v['weight_bytes'] / 2**20:.0f} MiB",
+            t.add_row(n, str(v["calls"]), _flops(v['flops_per_call']), f"{v['weight_bytes'] / 2**20:.0f} MiB",
                       v["bound"], _ms(v["seconds_per_call"]), _ms(v["seconds"]))
         t.add_row("end to end", "", "", "", "", "", _ms(result["end_to_end_seconds"]))
         con.print(t)
@@ -152,6 +153,8 @@ def markdown(result: dict, png_name: str | None) -> str:
               f"{a['bytes'] / 2**30:.2f} GiB, precisions {', '.join(sorted(set(a['precisions'].values())))})",
               f"- settings: {s['steps']} steps, sampler {s['sampler']}, guidance {s['guidance']}, seed {s['seed']}"
               + (f", {s['runs']} measured runs after {s['warmup']} warm-up" if not est else "")]
+    if result.get("schedule"):
+        lines.append(f"- schedule: {result['schedule']}")
     if result.get("weights_note"):
         lines.append(f"- note: {result['weights_note']}")
     lines.append("")
@@ -182,6 +185,9 @@ def markdown(result: dict, png_name: str | None) -> str:
                          + (f", RSS after load {m['rss_after_load_gib']:.2f} GiB" if "rss_after_load_gib" in m else "")
                          + (f", peak after each run {m['hwm_after_each_run_gib']} GiB" if m.get("hwm_after_each_run_gib") else "")
                          + f"; memory: {m['method']}"
+                         + f"; CPU time per run (median) {v['cpu_seconds']['median']:.1f} s"
+                         + (f"; host 1-min load average after each measured run {v['loadavg_1min']}"
+                            if any(x is not None for x in v.get("loadavg_1min", [])) else "")
                          + (f"; planner: {v['planner']['model']}" if v.get("planner") and "model" in v["planner"] else ""))
         if result.get("ratios"):
             r = result["ratios"]
@@ -240,7 +246,8 @@ def chart(result: dict, path: Path) -> None:
             preds.append((v.get("planner") or {}).get("predicted_gib"))
         bars = ax2.bar(labels, vals, color=["tab:blue", "tab:orange", "tab:green"][:len(labels)], label="measured peak")
         for b, val in zip(bars, vals):
-            ax2.text(b.get_x() + b.get_width() / 2, val, f"{val:.2f}", ha="center", va="bottom")
+            ax2.text(b.get_x() + b.get_width() / 2, val / 2, f"{val:.2f} GiB", ha="center", va="center",
+                     color="white", fontweight="bold")
         xs = [b.get_x() + b.get_width() / 2 for b, p in zip(bars, preds) if p is not None]
         if xs:
             ax2.scatter(xs, [p for p in preds if p is not None], marker="D", color="black", zorder=3,

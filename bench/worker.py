@@ -13,6 +13,7 @@ imports torch).
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 import traceback
@@ -116,7 +117,18 @@ def main(argv: list[str]) -> int:
         result["after_load"] = proc_status()
         latents = initial_latents(manifest, cfg["height"], cfg["width"], cfg["seed"])
         runs, image = [], None
-        for i in range(cfg["warmup"] + cfg["runs"]):
+        total = cfg["warmup"] + cfg["runs"]
+        proto = None
+        if cfg.get("lockstep"):
+            # Interleaved measurement: the parent says when to run. Protocol lines go to the original
+            # stdout; anything a library prints goes to stderr (the log).
+            proto = os.fdopen(os.dup(1), "w")
+            os.dup2(2, 1)
+            proto.write("ready\n")
+            proto.flush()
+        for i in range(total):
+            if proto is not None and sys.stdin.readline().strip() != "run":
+                break
             rec.current = {}
             c0, w0 = time.process_time(), time.perf_counter()
             image = generate(latents)
@@ -124,7 +136,10 @@ def main(argv: list[str]) -> int:
             runs.append({"warmup": i < cfg["warmup"], "seconds": wall, "cpu_seconds": cpu, "stages": rec.current,
                          "rss_hwm_after": proc_status().get("VmHWM"), "loadavg_1min_after": _loadavg()})
             rec.current = None
-            print(f"[{cfg['mode']}] run {i + 1}/{cfg['warmup'] + cfg['runs']}: {wall:.2f} s", file=sys.stderr, flush=True)
+            print(f"[{cfg['mode']}] run {i + 1}/{total}: {wall:.2f} s", file=sys.stderr, flush=True)
+            if proto is not None:
+                proto.write(f"done {wall}\n")
+                proto.flush()
         result["runs"] = runs
         result["peak_rss_self"] = self_peak_rss()
         if vram is not None:
