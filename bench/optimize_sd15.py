@@ -1,8 +1,8 @@
 """Real-size SD1.5 UNet (seeded random weights): optimize passes, then per-step speed side
 by side with plain ORT fp32, PyTorch fp32 eager and OpenVINO's default (bf16 on CPUs
-with AVX512-BF16), one child process per measurement.
+with AVX512-BF16 or AMX, f32 otherwise), one child process per measurement.
 
-    python bench/optimize_sd15.py [--artifact build/sd15-random] [--passes int8,int8-dynamic]
+    python bench/optimize_sd15.py [--artifact build/sd15-random] [--passes int8,int8-dynamic,fuse,fuse+int8]
                                   [--threads 2] [--repeats 3] [--record optimize_sd15]
 
 Multi-minute: the export alone is ~35 s at 7 GB peak RSS; each optimize records its wall
@@ -77,7 +77,8 @@ def measure(kind: str, path: str, artifact: Path, latent: int, threads: int, rep
 
         core = ov.Core()
         model = core.compile_model(path, "CPU", {"INFERENCE_NUM_THREADS": threads})
-        hint = str(model.get_property("INFERENCE_PRECISION_HINT"))
+        hint = model.get_property("INFERENCE_PRECISION_HINT")
+        hint = hint.get_type_name() if hasattr(hint, "get_type_name") else str(hint)
         names = [i.get_any_name() for i in model.inputs]
         req = model.create_infer_request()
         res = time_fn(lambda: req.infer({k: f[k] for k in names}), repeats)
@@ -103,7 +104,8 @@ def measure(kind: str, path: str, artifact: Path, latent: int, threads: int, rep
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--artifact", help="existing sd15 --random-weights artifact (default: export one)")
-    ap.add_argument("--passes", default="int8,int8-dynamic")
+    ap.add_argument("--passes", default="int8,int8-dynamic,fuse,fuse+int8",
+                    help="variants, comma-separated; a+b applies passes a and b together")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--calib-size", type=int, default=256)
@@ -128,7 +130,8 @@ def main() -> None:
     variants = {"ort fp32": art / "unet" / "model.onnx"}
     for p in [p for p in args.passes.split(",") if p]:
         out = work / f"sd15-{p}"
-        cmd = ["edgegen", "optimize", str(art), f"--{p}", "--components", "unet", "--out", str(out), "--force",
+        flags = [f"--{x}" for x in p.split("+")]  # "fuse+int8": passes applied together
+        cmd = ["edgegen", "optimize", str(art), *flags, "--components", "unet", "--out", str(out), "--force",
                "--size", str(args.calib_size), "--steps", str(args.steps), "--calibration-prompts", "2",
                "--gate-prompts", "1"]
         rc, wall, rss, text = child(cmd)
@@ -136,7 +139,8 @@ def main() -> None:
                  "exit_code": rc}
         if rc == 0:
             comp = json.loads((out / "manifest.json").read_text())["components"]["unet"]
-            entry.update(gate=comp["gate"], size_ratio=comp["optimize"]["size_ratio"],
+            e2e = json.loads((out / "manifest.json").read_text()).get("gate", {}).get("end_to_end")
+            entry.update(gate=comp["gate"], end_to_end=e2e, size_ratio=comp["optimize"]["size_ratio"],
                          weights=comp["optimize"]["weights"], bytes=comp["optimize"]["bytes"])
             variants[f"ort {p}"] = out / "unet" / "model.onnx"
         result["optimize"][p] = entry
@@ -146,6 +150,8 @@ def main() -> None:
           "--artifact", str(art), "--latent", str(args.latent), "--measure"]
     runs = [(name, "ort", str(path)) for name, path in variants.items()]
     runs += [("pytorch fp32 eager", "torch", "-"), ("openvino default", "openvino", str(variants["ort fp32"]))]
+    if "ort int8" in variants:  # OpenVINO reads QDQ graphs and runs them in int8
+        runs.append(("openvino on edgegen int8", "openvino", str(variants["ort int8"])))
     for name, kind, path in runs:
         rc, wall, rss, text = child(me + [kind, path])
         entry = {"exit_code": rc, "peak_rss_gb": round(rss, 2)}
@@ -154,14 +160,28 @@ def main() -> None:
         result["speed"][name] = entry
         print(name, json.dumps(entry), flush=True)
 
-    lines = [f"| variant | s/step (batch 2, {args.latent}x{args.latent} latent) | peak RSS GB | gate |",
-             "|---|---|---|---|"]
+    lines = [f"| variant | s/step (batch 2, {args.latent}x{args.latent} latent), best of {args.repeats} | "
+             "speed-up vs ORT fp32 | vs PyTorch eager | peak RSS GB | gate (cosine, rel. error; end-to-end PSNR) |",
+             "|---|---|---|---|---|---|"]
+    base = {k: result["speed"].get(k, {}).get("seconds_per_step") for k in ("ort fp32", "pytorch fp32 eager")}
     for name, e in result["speed"].items():
         p = name.split(" ", 1)[1] if name.startswith("ort ") else None
         g = result["optimize"].get(p, {}).get("gate") if p else None
+        e2e = result["optimize"].get(p, {}).get("end_to_end") if p else None
         gate = f"cos {g['cosine']:.4f}, rel {g['rel_err']:.3f}" if g else "-"
-        speed = e.get("seconds_per_step", e.get("skipped", "failed"))
-        lines.append(f"| {name} | {speed} | {e['peak_rss_gb']} | {gate} |")
+        if e2e:
+            gate += f"; {e2e['psnr']:.1f} dB"
+        speed = e.get("seconds_per_step")
+        ratios = [f"{base[k] / speed:.2f}x" if speed and base[k] else "-" for k in base]
+        if "inference_precision" in e:
+            name += f" ({e['inference_precision']})"
+        lines.append(f"| {name} | {speed or e.get('skipped', 'failed')} | {ratios[0]} | {ratios[1]} | "
+                     f"{e['peak_rss_gb']} | {gate} |")
+    flags = _cpu_flags()
+    lines += ["", f"CPU SIMD flags: {' '.join(flags) or 'unknown'}. OpenVINO's default precision follows the CPU: "
+              "bf16 where it has AVX512-BF16 or AMX, f32 otherwise (shown in brackets).",
+              "Weights: seeded random (real architecture): speed and memory don't depend on weight values; "
+              "gate figures measure each variant against the fp32 graph on the same random weights."]
     table = "\n".join(lines)
     print(table)
     if args.record:
@@ -169,6 +189,15 @@ def main() -> None:
         res.mkdir(exist_ok=True)
         (res / f"{args.record}.json").write_text(json.dumps(result, indent=2) + "\n")
         (res / f"{args.record}.md").write_text(f"`{result['command']}`\n\n{table}\n")
+
+
+def _cpu_flags() -> list[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return []
+    have = next((ln.split(":", 1)[1].split() for ln in text.splitlines() if ln.startswith("flags")), [])
+    return sorted(f for f in have if f.startswith(("avx", "amx", "fma")) or f in ("f16c", "avx_vnni"))
 
 
 if __name__ == "__main__":

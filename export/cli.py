@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 import json
+import shutil
 import sys
+import tempfile
 import warnings
 from pathlib import Path
 
 import click
 
+from ..optimize.commands import pass_options
 from ..runtimes.errors import EdgegenError
 
 
@@ -55,14 +58,22 @@ def families_cmd():
 @click.option("--trust-pickle", is_flag=True, help="Allow .ckpt/.bin/.pt checkpoints (they can run code when loaded).")
 @click.option("--exporter", type=click.Choice(["torchscript", "dynamo"]), default=None,
               help="torch.onnx exporter (default: the family's).")
-def export_cmd(family, weights, random_weights, tiny, out, force, seed, trust_pickle, exporter):
-    """Export FAMILY's components to a validated ONNX artifact folder."""
+@pass_options
+def export_cmd(family, weights, random_weights, tiny, out, force, seed, trust_pickle, exporter, **kw):
+    """Export FAMILY's components to a validated ONNX artifact folder.
+
+    With pass flags (--int8, --int4, --fp16, ...) the export is optimized in the same
+    command, behind the same quality gate as `edgegen optimize`; only the optimized
+    artifact is kept."""
     from .families import get_family
 
     get_family(family)  # unknown family fails before anything heavy is imported
     from ..runtimes.artifact import check_out_path
 
     check_out_path(out, force)
+    from ..optimize.commands import parse_pass_options
+
+    opts = parse_pass_options(kw, required=False)  # bad pass flags fail before the export
     try:
         import torch  # noqa: F401
         import diffusers  # noqa: F401
@@ -74,14 +85,28 @@ def export_cmd(family, weights, random_weights, tiny, out, force, seed, trust_pi
     source = resolve_source(weights, random_weights, tiny, seed, trust_pickle)
     from rich.console import Console
 
+    stage = None
+    if opts is not None:  # export beside --out, optimize into --out, drop the export
+        out.parent.mkdir(parents=True, exist_ok=True)
+        stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.export-", dir=out.parent))
     console = Console(stderr=True)
-    with console.status("starting") as status:
-        def progress(msg):
-            console.log(msg)
-            status.update(msg)
+    try:
+        with console.status("starting") as status:
+            def progress(msg):
+                console.log(msg)
+                status.update(msg)
 
-        path = export(family, source, out, force=force, progress=progress, exporter=exporter)
-    click.echo(f"wrote {path}")
+            path = export(family, source, stage / "fp32" if stage else out, force=force, progress=progress,
+                          exporter=exporter)
+        if stage:
+            from ..optimize.commands import run_optimize
+
+            run_optimize(path, out, force, **opts)
+        else:
+            click.echo(f"wrote {path}")
+    finally:
+        if stage:
+            shutil.rmtree(stage, ignore_errors=True)
 
 
 @main.command("generate")

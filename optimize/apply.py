@@ -20,7 +20,7 @@ from ..runtimes.errors import EdgegenError
 from . import graph as G
 from .calibrate import Trajectories, collect
 from .gate import component_gate, end_to_end_gate
-from .registry import Pass, PassContext, Thresholds, order_passes
+from .registry import NothingToDo, Pass, PassContext, Thresholds, order_passes
 
 FORMAT = "onnx"
 
@@ -114,6 +114,7 @@ def optimize(src: str | Path, passes: list[Pass], out: str | Path, force: bool =
                     _link_or_copy(art.root / rel, tmp / rel)
                 continue
             cur, reports, precision = art.graph_path(name), [], comp.get("precision", "fp32")
+            applied = []
             for i, p in enumerate(chain):
                 say(f"{name}: {p.name}")
                 t0 = time.time()
@@ -122,6 +123,11 @@ def optimize(src: str | Path, passes: list[Pass], out: str | Path, force: bool =
                                   trajectories.calibration.get(name, []) if trajectories else [], say)
                 try:
                     res = p.apply(ctx)
+                except NothingToDo as e:
+                    if components:
+                        raise
+                    say(f"{name}: {p.name} left it unchanged ({e})")
+                    continue
                 except EdgegenError:
                     raise
                 except Exception as e:  # a library refusing a graph: one line, not a traceback
@@ -129,7 +135,14 @@ def optimize(src: str | Path, passes: list[Pass], out: str | Path, force: bool =
                     raise EdgegenError(f"{p.name} failed on {name}: {type(e).__name__}: {msg}") from e
                 cur = dst / res.files[0]
                 precision = res.precision or precision
+                applied.append(p)
                 reports.append({"pass": p.name, "seconds": round(time.time() - t0, 2), **res.report})
+            if not applied:
+                del todo[name]
+                for rel in comp["files"]:
+                    _link_or_copy(art.root / rel, tmp / rel)
+                continue
+            todo[name] = applied
             final = cur.parent
             files = sorted(f.name for f in final.iterdir())
             (tmp / name).mkdir()
@@ -142,7 +155,7 @@ def optimize(src: str | Path, passes: list[Pass], out: str | Path, force: bool =
             rec["files"] = digest_files(tmp, rels)
             rec["precision"] = precision
             new_bytes = sum(f["bytes"] for f in rec["files"].values())
-            rec["optimize"] = {"passes": [p.name for p in chain], "parent_bytes": parent_bytes, "bytes": new_bytes,
+            rec["optimize"] = {"passes": [p.name for p in applied], "parent_bytes": parent_bytes, "bytes": new_bytes,
                                "size_ratio": round(new_bytes / parent_bytes, 4),
                                "weights": G.weight_change(art.graph_path(name), tmp / rec["graph"]),
                                "reports": reports}
@@ -150,6 +163,8 @@ def optimize(src: str | Path, passes: list[Pass], out: str | Path, force: bool =
             if "validation" in rec:
                 rec["optimize"]["parent_validation"] = rec.pop("validation")
         shutil.rmtree(work, ignore_errors=True)
+        if not todo:
+            raise EdgegenError(f"{', '.join(p.name for p in passes)} changed no component of {art.root}")
         # Non-graph files (tokenizers, scheduler) are shared as they are.
         for rel in manifest.get("files", {}):
             _link_or_copy(art.root / rel, tmp / rel)

@@ -141,16 +141,20 @@ class FeedReader(CalibrationDataReader):
 
     def __init__(self, feeds: list[dict[str, np.ndarray]], input_names: list[str] | None = None):
         self.feeds = [{k: v for k, v in f.items() if input_names is None or k in input_names} for f in feeds]
-        self.pos = 0
+        self.pos, self.end = 0, len(self.feeds)
 
     def get_next(self):
-        if self.pos >= len(self.feeds):
+        if self.pos >= self.end:
             return None
         self.pos += 1
         return self.feeds[self.pos - 1]
 
+    def set_range(self, start_index: int, end_index: int):
+        """The window ORT's strided calibration reads next (CalibStridedMinMax)."""
+        self.pos, self.end = start_index, min(end_index, len(self.feeds))
+
     def rewind(self):
-        self.pos = 0
+        self.pos, self.end = 0, len(self.feeds)
 
     def __iter__(self):
         return iter(self.feeds)

@@ -44,15 +44,23 @@ def _value(v: str):
     return {"true": True, "false": False}.get(v.lower(), v)
 
 
-def build_passes(fp16=False, bf16=False, int8=False, int8_dynamic=False, fp8=False, int4=False, prune=None,
-                 extra=(), calibration_method=None, int4_algo=None) -> list:
+# Precision flags: (pass name, help). One list drives `optimize` and `export`'s options.
+FLAGS = (
+    ("fp16", "fp16, with fp32 islands found from calibration data."),
+    ("bf16", "bf16 weight storage (fp32 compute where the runtime has no bf16 kernels)."),
+    ("int8", "int8 static QDQ (explicit quantization), calibrated on sampler trajectories."),
+    ("int8-dynamic", "int8 dynamic, MatMul/Gemm only (fast on CPU)."),
+    ("int8-weights", "int8 weight-only, blockwise (streams: any model size)."),
+    ("fp8", "fp8 E4M3 QDQ for Ada/Hopper GPUs, same calibration as --int8."),
+    ("int4", "int4 weight-only, blockwise: MatMulNBits + int4 DequantizeLinear for convs (streams)."),
+    ("fuse", "graph fusions safe for the target (--pass fuse:target=cuda for GPU-only fused ops)."),
+)
+
+
+def build_passes(flags=(), prune=None, extra=(), calibration_method=None, int4_algo=None) -> list:
     from .registry import get_pass
 
-    specs: list[tuple[str, dict]] = []
-    for flag, name in ((fp16, "fp16"), (bf16, "bf16"), (int8, "int8"), (int8_dynamic, "int8-dynamic"),
-                       (fp8, "fp8"), (int4, "int4")):
-        if flag:
-            specs.append((name, {}))
+    specs: list[tuple[str, dict]] = [(name, {}) for name in flags]
     if prune:
         specs.append(("prune", _prune_config(prune)))
     for text in extra:  # --pass NAME[:key=value,...]
@@ -69,36 +77,40 @@ def build_passes(fp16=False, bf16=False, int8=False, int8_dynamic=False, fp8=Fal
     return passes
 
 
-@click.command("optimize")
-@click.argument("artifact", type=click.Path(path_type=Path))
-@click.option("--fp16", is_flag=True, help="fp16, with fp32 islands found from calibration data.")
-@click.option("--bf16", is_flag=True, help="bf16 weight storage (fp32 compute where the runtime has no bf16 kernels).")
-@click.option("--int8", is_flag=True, help="int8 static QDQ (explicit quantization), calibrated on sampler trajectories.")
-@click.option("--int8-dynamic", is_flag=True, help="int8 dynamic, MatMul/Gemm only (fast on CPU).")
-@click.option("--fp8", is_flag=True, help="fp8 E4M3 QDQ for Ada/Hopper GPUs, same calibration as --int8.")
-@click.option("--int4", is_flag=True, help="int4 weight-only, blockwise: MatMulNBits + int4 DequantizeLinear for convs.")
-@click.option("--prune", metavar="SPEC", help="2:4 structured sparsity, or a fraction (0.5) for magnitude pruning.")
-@click.option("--pass", "extra", multiple=True, metavar="NAME[:K=V,...]", help="A registered pass with options.")
-@click.option("--components", help="Comma-separated components (default: each pass's usual ones).")
-@click.option("--no-gate", is_flag=True, help="Skip the quality gate (results are not recorded).")
-@click.option("--threshold", multiple=True, metavar="METRIC=VALUE",
-              help="Override a gate limit: cosine, rel_err, psnr, ssim.")
-@click.option("--calibration-method", type=click.Choice(["percentile", "entropy", "minmax", "distribution"]),
-              help="Activation calibrator for --int8/--fp8 (default: percentile / distribution).")
-@click.option("--int4-algo", type=click.Choice(["gptq", "rtn"]), help="int4 scale search: rtn (default) or gptq (calibration-aware).")
-@click.option("--calibration-prompts", type=int, default=4, show_default=True)
-@click.option("--gate-prompts", type=int, default=2, show_default=True)
-@click.option("--steps", type=int, help="Steps per trajectory (default: the family's).")
-@click.option("--size", type=int, help="Image side for trajectories (default: the family's).")
-@click.option("--out", required=True, type=click.Path(path_type=Path), help="Artifact folder to create.")
-@click.option("--force", is_flag=True, help="Replace --out if it exists.")
-def optimize(artifact, fp16, bf16, int8, int8_dynamic, fp8, int4, prune, extra, components, no_gate, threshold,
-             calibration_method, int4_algo, calibration_prompts, gate_prompts, steps, size, out, force):
-    """Optimize ARTIFACT's graphs into a new artifact; every pass is checked by a quality gate."""
-    from ..runtimes.artifact import check_out_path
+def pass_options(f):
+    """The pass and gate options, shared by `optimize` and `export` (export then optimize)."""
+    opts = [click.option(f"--{name}", "flag_" + name.replace("-", "_"), is_flag=True, help=text)
+            for name, text in FLAGS]
+    opts += [
+        click.option("--prune", metavar="SPEC", help="2:4 structured sparsity, or a fraction (0.5) for magnitude pruning."),
+        click.option("--pass", "extra", multiple=True, metavar="NAME[:K=V,...]", help="A registered pass with options."),
+        click.option("--no-gate", is_flag=True, help="Skip the quality gate (results are not recorded)."),
+        click.option("--threshold", multiple=True, metavar="METRIC=VALUE",
+                     help="Override a gate limit: cosine, rel_err, psnr, ssim."),
+        click.option("--calibration-method", type=click.Choice(["percentile", "entropy", "minmax", "distribution"]),
+                     help="Activation calibrator for --int8/--fp8 (default: percentile / distribution)."),
+        click.option("--int4-algo", type=click.Choice(["gptq", "rtn"]),
+                     help="int4 scale search: rtn (default) or gptq (calibration-aware)."),
+        click.option("--calibration-prompts", type=int, default=4, show_default=True),
+        click.option("--gate-prompts", type=int, default=2, show_default=True),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
 
-    check_out_path(out, force)
-    passes = build_passes(fp16, bf16, int8, int8_dynamic, fp8, int4, prune, extra, calibration_method, int4_algo)
+
+def parse_pass_options(kw: dict, required: bool = True) -> dict | None:
+    """Pop pass_options' values from a command's kwargs: the `apply.optimize` keyword
+    arguments they mean (passes built and checked), or None when no pass was asked for
+    and `required` is False."""
+    flags = [name for name, _ in FLAGS if kw.pop("flag_" + name.replace("-", "_"))]
+    prune, extra = kw.pop("prune"), kw.pop("extra")
+    no_gate, threshold = kw.pop("no_gate"), kw.pop("threshold")
+    method, algo = kw.pop("calibration_method"), kw.pop("int4_algo")
+    calibration_prompts, gate_prompts = kw.pop("calibration_prompts"), kw.pop("gate_prompts")
+    if not required and not (flags or prune or extra):
+        return None
+    passes = build_passes(flags, prune, extra, method, algo)
     thresholds = {}
     for t in threshold:
         k, v = _kv(t, "--threshold")
@@ -106,12 +118,37 @@ def optimize(artifact, fp16, bf16, int8, int8_dynamic, fp8, int4, prune, extra, 
             thresholds[k] = float(v)
         except ValueError:
             raise EdgegenError(f"--threshold {t}: {v!r} is not a number") from None
-    comps = [c.strip() for c in components.split(",") if c.strip()] if components else None
     if calibration_prompts < 1 or gate_prompts < 1 or calibration_prompts + gate_prompts > 8:
         raise EdgegenError("--calibration-prompts and --gate-prompts must be >= 1 and sum to at most 8")
+    from .registry import order_passes
+
+    order_passes(passes)  # incompatible combinations fail here, before any work
+    return {"passes": passes, "gate": not no_gate, "thresholds": thresholds,
+            "calibration_prompts": calibration_prompts, "gate_prompts": gate_prompts}
+
+
+@click.command("optimize")
+@click.argument("artifact", type=click.Path(path_type=Path))
+@pass_options
+@click.option("--components", help="Comma-separated components (default: each pass's usual ones).")
+@click.option("--steps", type=int, help="Steps per trajectory (default: the family's).")
+@click.option("--size", type=int, help="Image side for trajectories (default: the family's).")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Artifact folder to create.")
+@click.option("--force", is_flag=True, help="Replace --out if it exists.")
+def optimize(artifact, components, steps, size, out, force, **kw):
+    """Optimize ARTIFACT's graphs into a new artifact; every pass is checked by a quality gate."""
+    from ..runtimes.artifact import check_out_path
+
+    check_out_path(out, force)
+    opts = parse_pass_options(kw)
+    comps = [c.strip() for c in components.split(",") if c.strip()] if components else None
     if steps is not None and steps < 1:
         raise EdgegenError(f"--steps must be >= 1, got {steps}")
+    run_optimize(artifact, out, force, components=comps, steps=steps, size=size, **opts)
 
+
+def run_optimize(artifact, out, force, **kw) -> Path:
+    """apply.optimize with a progress display, then a summary of sizes and gates."""
     from rich.console import Console
 
     from .apply import optimize as run
@@ -122,9 +159,7 @@ def optimize(artifact, fp16, bf16, int8, int8_dynamic, fp8, int4, prune, extra, 
             console.log(msg)
             status.update(msg)
 
-        path = run(artifact, passes, out, force=force, components=comps, gate=not no_gate, thresholds=thresholds,
-                   calibration_prompts=calibration_prompts, gate_prompts=gate_prompts, steps=steps, size=size,
-                   say=progress)
+        path = run(artifact, out=out, force=force, say=progress, **kw)
     from ..runtimes.artifact import load_artifact
 
     art = load_artifact(path, verify=False)
@@ -141,3 +176,4 @@ def optimize(artifact, fp16, bf16, int8, int8_dynamic, fp8, int4, prune, extra, 
     if e2e:
         click.echo(f"end to end: PSNR {e2e['psnr']:.2f} dB, SSIM {e2e['ssim']:.4f} (worst of {e2e['prompts']} prompts)")
     click.echo(f"wrote {path}")
+    return path

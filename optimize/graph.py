@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -124,6 +125,10 @@ SKIP_PATTERNS = (
 _SKIP_RE = re.compile("|".join(f"(?:{p})" for p in SKIP_PATTERNS))
 
 
+def matches_skip_pattern(key: str) -> bool:
+    return bool(_SKIP_RE.search(key))
+
+
 def node_key(node: onnx.NodeProto, inits: set[str]) -> str:
     """The names that identify a node's module: node name, weight names, scope metadata."""
     parts = [node.name] + [i for i in node.input if i in inits]
@@ -213,26 +218,49 @@ def _read_initializer(t: onnx.TensorProto, base: Path) -> np.ndarray:
     return arr.reshape(tuple(t.dims))
 
 
-def rewrite_weights(src: Path, dst: Path, fn: Callable[[str, np.ndarray], np.ndarray | None],
-                    names: set[str], edit: Callable[[onnx.ModelProto], None] | None = None) -> list[str]:
+@dataclass
+class NewTensor:
+    """An initializer that replaces another in `rewrite_weights`: `array` holds the stored
+    bytes; `dims` the logical shape where they differ (int4 packs two values per byte)."""
+
+    name: str
+    array: np.ndarray
+    data_type: int
+    dims: tuple[int, ...] | None = None
+
+
+def rewrite_weights(src: Path, dst: Path, fn: Callable[[str, np.ndarray], object],
+                    names: set[str], edit: Callable[[onnx.ModelProto], None] | None = None,
+                    model: onnx.ModelProto | None = None) -> list[str]:
     """Copy graph `src` into folder `dst`, replacing initializer `name` in `names` by
-    fn(name, array): an array of the same shape and dtype, None (unchanged), or
-    (array, onnx data type) to store it as another type (bf16 as uint16 bits).
-    `edit(model)` may change the graph (not the weights) before it is saved.
+    fn(name, array): an array of the same shape and dtype, None (unchanged),
+    (array, onnx data type) to store it as another type (bf16 as uint16 bits), or a list
+    of `NewTensor`s that take its place (a quantized weight and its scales).
+    `edit(model)` may change the graph (not the weights) before it is saved; `model` is
+    src's weightless structure when the caller already changed it (an opset upgrade).
 
     External tensors are read one by one from the source files and appended to one new
     data file, so peak memory is one tensor whatever the model size. Returns file names.
     """
-    model = structure(src)
+    model = structure(src) if model is None else model
     base = src.parent
     dst.mkdir(parents=True, exist_ok=True)
     external = _has_external(model)
     data_path = dst / DATA
+    inits = []
     with open(data_path, "wb") if external else _NullFile() as data:
         for t in model.graph.initializer:
             if t.name in names:
                 arr = _read_initializer(t, base)
                 new = fn(t.name, arr)
+                if isinstance(new, list):
+                    for nt in new:
+                        out = onnx.TensorProto()
+                        out.name, out.data_type = nt.name, nt.data_type
+                        out.dims.extend(nt.dims if nt.dims is not None else nt.array.shape)
+                        _store(out, nt.array, data, external)
+                        inits.append(out)
+                    continue
                 if isinstance(new, tuple):
                     new, t.data_type = new
                 elif new is not None:
@@ -241,6 +269,9 @@ def rewrite_weights(src: Path, dst: Path, fn: Callable[[str, np.ndarray], np.nda
                 _store(t, arr, data, external)
             elif t.data_location == TensorProto.EXTERNAL:
                 _store(t, _read_initializer(t, base), data, external)
+            inits.append(t)
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(inits)
     if edit is not None:
         edit(model)
     onnx.save_model(model, str(dst / GRAPH))
@@ -347,7 +378,11 @@ def chunks(names: list[str], sizes: dict[str, int], budget: int) -> list[list[st
 
 class quiet:
     """Silence onnxruntime.quantization's prints, progress bars and INFO/WARNING logging
-    (the CLI reports progress itself); errors still raise."""
+    (the CLI reports progress itself); errors still raise. stderr=True also swallows
+    progress bars written to stderr (onnxruntime.transformers' tqdm)."""
+
+    def __init__(self, stderr: bool = False):
+        self.stderr = stderr
 
     def __enter__(self):
         import contextlib
@@ -356,6 +391,8 @@ class quiet:
 
         self._stack = contextlib.ExitStack()
         self._stack.enter_context(contextlib.redirect_stdout(io.StringIO()))
+        if self.stderr:
+            self._stack.enter_context(contextlib.redirect_stderr(io.StringIO()))
         self._levels = []
         for name in ("", "onnxruntime", "onnxruntime.quantization",
                      "onnxruntime.quantization.matmul_nbits_quantizer", "onnxruntime.transformers"):
@@ -409,15 +446,32 @@ def stage(src: Path, folder: Path, model: onnx.ModelProto | None = None) -> Path
     """A path for libraries that take a model file: `src` linked into `folder` (they write
     side files such as 'model-inferred.onnx' beside their input, never in the parent
     artifact), or `model` saved there when the pass changed it. Handing a path instead of
-    a ModelProto lets the library hold the only copy of the weights."""
+    a ModelProto lets the library hold the only copy of the weights.
+
+    The graph file is linked; its external data is copied: onnx refuses external data
+    behind a symbolic link or with several hard links (its guard against link attacks)."""
     folder.mkdir(parents=True, exist_ok=True)
     if model is not None:
         save_model(model, folder)
         return folder / GRAPH
     for f in src.parent.iterdir():
         if f.is_file() and (f.name == src.name or not f.name.endswith(".onnx")):
-            os.symlink(f.resolve(), folder / f.name)
+            if f.name == src.name:
+                _hard_link_or_copy(f, folder / f.name)
+            else:
+                import shutil
+
+                shutil.copy2(f.resolve(), folder / f.name)
     return folder / src.name
+
+
+def _hard_link_or_copy(src: Path, dst: Path) -> None:
+    try:
+        os.link(src.resolve(), dst)
+    except OSError:  # another filesystem
+        import shutil
+
+        shutil.copy2(src.resolve(), dst)
 
 
 def needs_names(model: onnx.ModelProto) -> bool:

@@ -42,6 +42,11 @@ class Thresholds:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
+class NothingToDo(EdgegenError):
+    """A pass found nothing to change in a component (no pattern matched): the component
+    stays as it is, unless the user named it explicitly."""
+
+
 @dataclass
 class PassContext:
     component: str

@@ -25,6 +25,8 @@ PASS_SPECS = [
     ("int8-dynamic", {}),
     ("fp8", {}),
     ("int4", {}),
+    ("int8-weights", {}),
+    ("fuse", {}),
     ("prune", {"mode": "n:m"}),
     ("prune", {"mode": "magnitude", "sparsity": 0.5}),
 ]
@@ -35,7 +37,7 @@ PASS_SPECS = [
 
 
 def leftovers(folder):
-    return [p.name for p in folder.iterdir() if ".tmp-" in p.name]
+    return [p.name for p in folder.iterdir() if ".tmp-" in p.name or ".export-" in p.name]
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +56,7 @@ def trajectories(tiny_export):
 
 def _cases():
     """All passes on lcm-sd15; on sdxl the ones that are quick; everything else under -m slow."""
-    quick_sdxl = {"int8", "int8-dynamic", "int4", "prune-n:m"}
+    quick_sdxl = {"int8", "int8-dynamic", "int4", "int8-weights", "fuse", "prune-n:m"}
     for family in FAST + SLOW:
         for name, config in PASS_SPECS:
             key = f"{name}-{config['mode']}" if "mode" in config else name
@@ -97,6 +99,17 @@ def test_pass_runs_and_passes_its_gate(family, name, config, tiny_export, trajec
     elif name == "int4":
         # Of the weights it quantized; whole tiny components keep fp32 embeddings and first/last layers.
         assert all(w["ratio"] <= 0.18 for w in weights.values()), weights
+    elif name == "fuse":
+        for comp, rec in changed.items():
+            rep = rec["optimize"]["reports"][0]
+            assert rep["target"] == "cpu" and rep["fused_ops"] and rec["precision"] == "fp32"
+            assert rep["nodes"]["after"] < rep["nodes"]["before"]
+        assert "Attention" in str(changed[denoiser]["optimize"]["reports"][0]["fused_ops"])
+    elif name == "int8-weights":
+        # Denoiser only: the tiny CLIP's K=37 pads each column to two 64-blocks.
+        assert weights[denoiser]["ratio"] <= 0.3, weights
+        rep = changed[denoiser]["optimize"]["reports"][0]
+        assert 0 < rep["weight_error"]["mean"] < 0.01 and rep["convs"] > 0 and rep["matmuls"] > 0
     elif name == "prune":
         rep = changed[denoiser]["optimize"]["reports"][0]
         assert rep["sparsity"] == pytest.approx(0.5, abs=0.02) and rep["pruned_layers"] > 5
@@ -236,3 +249,38 @@ def test_cli_refuses_a_second_precision_pass(art, tmp_path):
     comps = json.loads((tmp_path / "o2" / "manifest.json").read_text())["components"]
     assert comps["unet"]["precision"] == "int8" and comps["text_encoder"]["precision"] == "fp16"
     assert np.isfinite(Pipeline.load(tmp_path / "o2")("x", steps=1)).all()
+
+
+# -- export then optimize, one command ------------------------------------------------------
+
+ONE = ("--calibration-prompts", 1, "--gate-prompts", 1)
+
+
+def test_cli_export_with_a_pass_writes_only_the_gated_artifact(tmp_path):
+    out = tmp_path / "lcm-int4"
+    r = run("export", "lcm-sd15", "--tiny", "--int4", "--out", out, *ONE)
+    assert r.exit_code == 0, r.output
+    m = json.loads((out / "manifest.json").read_text())
+    assert [p["name"] for p in m["passes"]] == ["export", "int4"]
+    assert m["components"]["unet"]["precision"] == "int4" and m["components"]["unet"]["gate"]["passed"]
+    assert m["parent"]["path"]  # the intermediate export, gone now
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lcm-int4"]
+
+
+@pytest.mark.parametrize("args,fragments", [
+    (("--int8", "--fp8"), ("incompatible passes", "int8", "fp8")),
+    (("--pass", "int3"), ("unknown pass 'int3'",)),
+    (("--int8", "--threshold", "psnr=high"), ("not a number",)),
+])
+def test_cli_export_refuses_bad_passes_before_exporting(tmp_path, args, fragments):
+    out = tmp_path / "out"
+    r = run("export", "lcm-sd15", "--tiny", *args, "--out", out)
+    assert_user_error(r, *fragments)
+    assert "exporting" not in r.output and list(tmp_path.iterdir()) == []
+
+
+def test_cli_export_gate_failure_leaves_nothing(tmp_path):
+    out = tmp_path / "out"
+    r = run("export", "lcm-sd15", "--tiny", "--int8-dynamic", "--threshold", "cosine=1.01", "--out", out, *ONE)
+    assert_user_error(r, "quality gate failed for int8-dynamic")
+    assert list(tmp_path.iterdir()) == []
