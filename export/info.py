@@ -21,10 +21,40 @@ def summary(art: Artifact) -> dict:
             "validation_passed": v.get("passed"),
             "max_abs_err": max((k["max_abs_err"] for k in v.get("checks", [])), default=None),
         }
+        o = c.get("optimize")
+        if o:  # an optimized component: its passes, sizes and quality gate instead of export's check
+            g = c.get("gate", {})
+            comps[name]["optimize"] = {
+                "passes": o["passes"], "parent_bytes": o["parent_bytes"], "size_ratio": o["size_ratio"],
+                "quantized_weights_ratio": (o.get("weights") or {}).get("ratio"),
+                "gate": "skipped" if g.get("skipped") else {k: g.get(k) for k in ("passed", "cosine", "rel_err")}}
     m = art.manifest
+    gate = m.get("gate", {})
+    e2e = "skipped" if gate.get("skipped") else {k: gate["end_to_end"].get(k) for k in ("passed", "psnr", "ssim", "prompts")} \
+        if "end_to_end" in gate else None
     return {"family": m["family"], "size": m.get("size"), "source": m.get("source"), "created": m.get("created"),
             "total_bytes": art.total_bytes(), "defaults": m["pipeline"]["defaults"],
-            "passes": [p["name"] for p in m.get("passes", [])], "components": comps}
+            "passes": [p["name"] for p in m.get("passes", [])], "components": comps, "gate_end_to_end": e2e}
+
+
+def _quality(c: dict) -> str:
+    o = c.get("optimize")
+    if o:
+        g = o["gate"]
+        if g == "skipped":
+            return "gate skipped"
+        return f"gate {'ok' if g['passed'] else 'FAILED'}: cos {g['cosine']:.4f}, rel err {g['rel_err']:.3f}"
+    ok = "ok" if c["validation_passed"] else "FAILED" if c["validation_passed"] is False else "-"
+    return ok + (f" (max err {c['max_abs_err']:.2g})" if c["max_abs_err"] is not None else "")
+
+
+def _size(c: dict) -> str:
+    o = c.get("optimize")
+    now = f"{c['bytes'] / 1e6:.1f}"
+    if not o:
+        return now
+    q = f", weights {o['quantized_weights_ratio']:.2f}x" if o.get("quantized_weights_ratio") else ""
+    return f"{o['parent_bytes'] / 1e6:.1f} -> {now} ({o['size_ratio']:.2f}x{q})"
 
 
 def render_info(art: Artifact) -> None:
@@ -36,10 +66,15 @@ def render_info(art: Artifact) -> None:
     con.print(f"[bold]{art.root}[/]: {s['family']} ({s['size']}), source {s['source']['kind']}"
               f"{' ' + s['source']['path'] if s['source'].get('path') else ''}, created {s['created']}")
     con.print(f"defaults: {s['defaults']}; passes: {', '.join(s['passes'])}; total {s['total_bytes'] / 1e6:.1f} MB")
-    t = Table("component", "params", "MB", "precision", "inputs", "outputs", "validation")
+    e2e = s["gate_end_to_end"]
+    if e2e == "skipped":
+        con.print("quality gate: skipped (--no-gate)")
+    elif e2e:
+        con.print(f"quality gate, end to end: {'passed' if e2e['passed'] else 'FAILED'}, image PSNR {e2e['psnr']:.2f} dB, "
+                  f"SSIM {e2e['ssim']:.4f} (worst of {e2e['prompts']} prompts vs the parent)")
+    t = Table("component", "params", "MB", "precision", "passes", "inputs", "outputs", "validation / gate")
     for name, c in s["components"].items():
-        ok = "ok" if c["validation_passed"] else "FAILED" if c["validation_passed"] is False else "-"
-        err = f" (max err {c['max_abs_err']:.2g})" if c["max_abs_err"] is not None else ""
-        t.add_row(name, f"{c['params'] / 1e6:.1f}M", f"{c['bytes'] / 1e6:.1f}", c["precision"],
-                  "\n".join(c["inputs"]), "\n".join(c["outputs"]), ok + err)
+        passes = ", ".join(c["optimize"]["passes"]) if c.get("optimize") else "export"
+        t.add_row(name, f"{c['params'] / 1e6:.1f}M", _size(c), c["precision"], passes,
+                  "\n".join(c["inputs"]), "\n".join(c["outputs"]), _quality(c))
     con.print(t)

@@ -189,7 +189,13 @@ def test_cli_optimize_then_info_and_generate(art, tmp_path):
     m = json.loads((out / "manifest.json").read_text())
     assert m["passes"][-1]["name"] == "int8-dynamic" and m["passes"][-1]["config"] == {"per_channel": False, "skip": True}
     assert m["components"]["unet"]["gate"]["passed"] and m["parent"]["manifest_sha256"]
-    assert run("info", out).exit_code == 0
+    r = run("info", out)
+    assert r.exit_code == 0 and "quality gate, end to end: passed" in r.output and "int8-dynamic" in r.output
+    info = json.loads(run("info", out, "--json").output)["summary"]
+    assert info["gate_end_to_end"]["passed"] and info["gate_end_to_end"]["psnr"] == m["gate"]["end_to_end"]["psnr"]
+    unet = info["components"]["unet"]["optimize"]
+    assert unet["passes"] == ["int8-dynamic"] and unet["gate"]["passed"] and unet["size_ratio"] < 1
+    assert "optimize" not in info["components"]["vae_decoder"]
     png = tmp_path / "x.png"
     assert run("generate", out, "a fox", "--steps", 2, "--out", png).exit_code == 0 and png.exists()
     # Replacing needs --force; with it, the new artifact replaces the old one.

@@ -1,0 +1,107 @@
+"""Every optimization pass on tiny exports of every pipeline architecture, with the
+quality gate's measured values next to the pass's default thresholds: the evidence for
+those defaults (how much margin each pass has, and where it is tight).
+
+    python bench/gate_margins.py [--families sd15,sd21,...] [--passes int8,int4,...] \
+        [--work /tmp/edgegen-gate] [--record gate_margins]
+
+Tiny configs with seeded random weights are harsher than real checkpoints for
+quantization (no smooth trained weight distributions, 32-wide layers where one outlier
+dominates a block); the real-size SD1.5 UNet figures are in optimize_sd15.md.
+Data per family: 2 calibration prompts, 2 gate prompts, the family's default steps at
+its tiny resolution.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from machine import describe  # noqa: E402
+
+FAMILIES = ["sd15", "sd21", "sd-turbo", "sdxl", "sdxl-turbo", "lcm-sd15", "flux-schnell", "sd35-medium",
+            "sana-1600m"]
+PASSES = [("fp16", {}), ("bf16", {}), ("int8", {}), ("int8-dynamic", {}), ("fp8", {}), ("int4", {}),
+          ("int8-weights", {}), ("fuse", {}), ("prune", {"mode": "n:m"})]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--families", default=",".join(FAMILIES))
+    ap.add_argument("--passes", default=",".join(p for p, _ in PASSES))
+    ap.add_argument("--work", type=Path, default=Path("/tmp/edgegen-gate"))
+    ap.add_argument("--record")
+    args = ap.parse_args()
+
+    from edgegen.export.exporter import export
+    from edgegen.export.weights import Source
+    from edgegen.optimize.apply import optimize
+    from edgegen.optimize.calibrate import collect
+    from edgegen.optimize.registry import get_pass
+    from edgegen.runtimes.artifact import load_artifact
+    from edgegen.runtimes.errors import EdgegenError
+
+    specs = dict(PASSES)
+    rows = []
+    args.work.mkdir(parents=True, exist_ok=True)
+    for family in args.families.split(","):
+        src = args.work / family
+        if not (src / "manifest.json").exists():
+            export(family, Source("tiny", seed=0), src, force=True)
+        traj = collect(load_artifact(src), calibration_prompts=2, gate_prompts=2)
+        for name in args.passes.split(","):
+            p = get_pass(name, **specs.get(name, {}))
+            out = args.work / f"{family}-{name}"
+            row = {"family": family, "pass": name, "thresholds": p.thresholds.to_dict()}
+            t0 = time.time()
+            try:
+                optimize(src, [p], out, force=True, trajectories=traj)
+                m = load_artifact(out, verify=False).manifest
+                gates = {c: r["gate"] for c, r in m["components"].items() if "gate" in r}
+                worst = min(gates, key=lambda c: gates[c]["cosine"])
+                e2e = m["gate"]["end_to_end"]
+                row.update(passed=True, worst_component=worst, cosine=gates[worst]["cosine"],
+                           rel_err=max(g["rel_err"] for g in gates.values()), psnr=e2e["psnr"], ssim=e2e["ssim"])
+            except EdgegenError as e:
+                row.update(passed=False, error=str(e))
+            row["seconds"] = round(time.time() - t0, 1)
+            shutil.rmtree(out, ignore_errors=True)
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    result = {"command": "python bench/gate_margins.py " + " ".join(sys.argv[1:]), "machine": describe(), "rows": rows}
+    if args.record:
+        write_record(args.record, result)
+
+
+def write_record(name: str, r: dict) -> None:
+    res = HERE / "results"
+    res.mkdir(exist_ok=True)
+    (res / f"{name}.json").write_text(json.dumps(r, indent=2) + "\n")
+    lines = ["# Quality-gate margins on tiny exports (seeded random weights)", "", f"`{r['command']}`", "",
+             "Measured: worst component cosine / largest relative error (component outputs vs the parent graph "
+             "along sampler trajectories), end-to-end worst image PSNR / SSIM vs the parent. Limits: the pass's "
+             "default thresholds.", "",
+             "| pass | family | cosine (min) | rel err (max) | PSNR dB (min) | SSIM (min) | passed |",
+             "|---|---|---|---|---|---|---|"]
+    by_pass: dict[str, list] = {}
+    for row in r["rows"]:
+        by_pass.setdefault(row["pass"], []).append(row)
+    for p, rows in by_pass.items():
+        t = rows[0]["thresholds"]
+        lines.append(f"| **{p}** | *limit* | {t['cosine']} | {t['rel_err']} | {t['psnr']} | {t['ssim']} | |")
+        for row in rows:
+            if row["passed"]:
+                lines.append(f"| {p} | {row['family']} ({row['worst_component']}) | {row['cosine']:.4f} | "
+                             f"{row['rel_err']:.3f} | {row['psnr']:.1f} | {row['ssim']:.3f} | yes |")
+            else:
+                lines.append(f"| {p} | {row['family']} | | | | | no: {row['error'][:120]} |")
+    (res / f"{name}.md").write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
