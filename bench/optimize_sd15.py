@@ -112,6 +112,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--latent", type=int, default=64, help="latent side for the speed runs (64 = 512 px)")
     ap.add_argument("--record", help="write JSON + Markdown under bench/results/ with this name")
+    ap.add_argument("--keep", action="store_true", help="keep the optimized variants (default: deleted at the end)")
     ap.add_argument("--measure", nargs=2, metavar=("KIND", "PATH"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.measure:
@@ -184,6 +185,10 @@ def main() -> None:
               "gate figures measure each variant against the fp32 graph on the same random weights."]
     table = "\n".join(lines)
     print(table)
+    if not args.keep:
+        import shutil
+
+        shutil.rmtree(work, ignore_errors=True)  # several multi-GB variants
     if args.record:
         res = Path(__file__).resolve().parent / "results"
         res.mkdir(exist_ok=True)

@@ -125,7 +125,7 @@ def optimize(src: str | Path, passes: list[Pass], out: str | Path, force: bool =
                     res = p.apply(ctx)
                 except NothingToDo as e:
                     if components:
-                        raise
+                        raise EdgegenError(f"{p.name} cannot change {name}: {e}") from None
                     say(f"{name}: {p.name} left it unchanged ({e})")
                     continue
                 except EdgegenError:

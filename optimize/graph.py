@@ -474,6 +474,34 @@ def _hard_link_or_copy(src: Path, dst: Path) -> None:
         shutil.copy2(src.resolve(), dst)
 
 
+def weight_transposes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
+    """Transpose nodes whose input is an initializer read only by them: how dynamo graphs
+    exported without constant folding (SANA's, edgegen's streaming export) hold nn.Linear
+    weights. Libraries that look for constant MatMul weights do not see through them."""
+    inits = initializer_names(model)
+    users: dict[str, int] = {}
+    for n in model.graph.node:
+        for i in n.input:
+            users[i] = users.get(i, 0) + 1
+    return [n for n in model.graph.node if n.op_type == "Transpose" and n.input[0] in inits
+            and users[n.input[0]] == 1]
+
+
+def fold_weight_transposes(model: onnx.ModelProto) -> int:
+    """Replace each weight Transpose by the transposed initializer (weights loaded)."""
+    g = model.graph
+    inits = {t.name: t for t in g.initializer}
+    nodes = weight_transposes(model)
+    for n in nodes:
+        t = inits[n.input[0]]
+        arr = numpy_helper.to_array(t)
+        perm = next((list(a.ints) for a in n.attribute if a.name == "perm"), list(range(arr.ndim))[::-1])
+        g.initializer.remove(t)
+        g.initializer.append(numpy_helper.from_array(np.ascontiguousarray(arr.transpose(perm)), n.output[0]))
+        g.node.remove(n)
+    return len(nodes)
+
+
 def needs_names(model: onnx.ModelProto) -> bool:
     names = [n.name for n in model.graph.node]
     return not all(names) or len(set(names)) != len(names)

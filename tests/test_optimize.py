@@ -17,7 +17,7 @@ from edgegen.runtimes.errors import EdgegenError
 from helpers import assert_user_error, run_cli as run
 
 FAST = ["lcm-sd15", "sdxl"]
-SLOW = ["sd15", "sd21", "sd-turbo", "sdxl-turbo", "flux-schnell"]
+SLOW = ["sd15", "sd21", "sd-turbo", "sdxl-turbo", "flux-schnell", "sd35-medium", "sana-1600m"]
 PASS_SPECS = [
     ("fp16", {"samples": 2}),
     ("bf16", {}),
@@ -217,6 +217,8 @@ def test_cli_optimize_then_info_and_generate(art, tmp_path):
     (("--int8", "--threshold", "psnr=high"), ("not a number",)),
     (("--pass", "int4:block_size=20"), ("power of two",)),
     (("--pass", "int8:colour=red"), ("unknown option(s) colour",)),
+    (("--fuse", "--components", "vae_decoder"), ("fuse cannot change vae_decoder", "no cpu-safe fusion")),
+    (("--pass", "fuse:target=tpu"), ("target must be cpu or cuda",)),
 ])
 def test_cli_bad_input(art, tmp_path, args, fragments):
     out = tmp_path / "out"

@@ -264,3 +264,47 @@ def test_matmulnbits_dequantization_matches_onnxruntime():
         x = rng.standard_normal((2, 80)).astype(np.float32)
         np.testing.assert_allclose(run(m, {"x": x})[0], x @ deq, rtol=1e-4, atol=1e-4)
         assert 0 < rel_err(w, deq) < (0.15 if bits == 4 else 0.01)
+
+
+def test_fp16_keeps_sequence_ops_out_of_fp32_islands():
+    """Blocking a SequenceAt made ORT's converter cast a sequence (invalid graph; SANA's
+    unoptimized dynamo export has SplitToSequence -> SequenceAt)."""
+    x = h.make_tensor_value_info("x", T.FLOAT, [4, 8])
+    y = h.make_tensor_value_info("y", T.FLOAT, [2, 8])
+    nodes = [h.make_node("SplitToSequence", ["x", "two"], ["seq"], axis=0, name="split"),
+             h.make_node("SequenceAt", ["seq", "zero"], ["a"], name="at0"),
+             h.make_node("SequenceAt", ["seq", "one"], ["b"], name="at1"),
+             h.make_node("Mul", ["a", "b"], ["y"], name="mul")]
+    inits = [numpy_helper.from_array(np.array([2, 2], np.int64), "two"),
+             numpy_helper.from_array(np.array(0, np.int64), "zero"), numpy_helper.from_array(np.array(1, np.int64), "one")]
+    model = h.make_model(h.make_graph(nodes, "g", [x], [y], inits), opset_imports=[h.make_opsetid("", 17)])
+    feeds = {"x": np.random.default_rng(0).standard_normal((4, 8)).astype(np.float32)}
+    m16 = convert(model, {"at0", "mul"})
+    assert [n for n in m16.graph.node if n.op_type == "Cast" and n.input[0] == "seq"] == []
+    np.testing.assert_allclose(run(m16, feeds)[0], run(model, feeds)[0], rtol=1e-2, atol=1e-3)
+
+
+def test_weight_transposes_fold_for_library_quantizers(tmp_path):
+    """int8-dynamic (onnxruntime.quantization) quantizes a MatMul whose weight sits behind a
+    Transpose once edgegen folds it; before, such graphs had 'no MatMul weights'."""
+    from edgegen.optimize.registry import PassContext, get_pass
+
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((32, 64)).astype(np.float32)  # [N, K], as nn.Linear stores it
+    x = h.make_tensor_value_info("x", T.FLOAT, [2, 64])
+    y = h.make_tensor_value_info("y", T.FLOAT, [2, 32])
+    nodes = [h.make_node("Transpose", ["w"], ["wt"], perm=[1, 0], name="tr"),
+             h.make_node("MatMul", ["x", "wt"], ["y"], name="mm")]
+    model = h.make_model(h.make_graph(nodes, "g", [x], [y], [numpy_helper.from_array(w, "w")]),
+                         opset_imports=[h.make_opsetid("", 17)])
+    assert [n.name for n in G.weight_transposes(model)] == ["tr"]
+    feeds = {"x": rng.standard_normal((2, 64)).astype(np.float32)}
+    ref = run(model, feeds)[0]
+    (tmp_path / "src").mkdir()
+    onnx.save_model(model, str(tmp_path / "src" / "model.onnx"))
+    res = get_pass("int8-dynamic", skip=False).apply(
+        PassContext("unet", "denoiser", tmp_path / "src" / "model.onnx", tmp_path / "dst", None, []))
+    out = onnx.load(str(tmp_path / "dst" / res.files[0]))
+    assert "MatMulInteger" in [n.op_type for n in out.graph.node] and res.report["quantized_nodes"] == 1
+    got = ort.InferenceSession(str(tmp_path / "dst" / res.files[0]), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    assert cosine(ref, got) > 0.999

@@ -44,12 +44,26 @@ def convert(model: onnx.ModelProto, block: list[str] | set[str], in_place: bool 
     else:
         m = onnx.ModelProto()
         m.CopyFrom(model)
-    _constants_to_initializers(m, set(block))
+    block = unblock_sequences(m, set(block))
+    _constants_to_initializers(m, block)
     m16 = convert_float_to_float16(m, keep_io_types=True, node_block_list=sorted(block),
                                    disable_shape_infer=False)
     G.toposort(m16)
     collapse_cast_pairs(m16)
     return m16
+
+
+SEQUENCE_OPS = ("SplitToSequence", "SequenceConstruct", "SequenceInsert", "SequenceErase", "SequenceEmpty",
+                "SequenceAt", "ConcatFromSequence", "SequenceLength")
+
+
+def unblock_sequences(model: onnx.ModelProto, block: set[str]) -> set[str]:
+    """Sequence ops stay out of the fp32 islands. The converter puts Casts at island
+    boundaries and cannot cast a sequence (dynamo graphs exported without the optimizer
+    keep SplitToSequence -> SequenceAt); these ops only move values, so keeping them
+    fp16 loses nothing: their float neighbours are still blocked, with tensor Casts."""
+    seq = {n.name for n in model.graph.node if n.op_type in SEQUENCE_OPS}
+    return set(block) - seq
 
 
 def _constants_to_initializers(model: onnx.ModelProto, block: set[str]) -> None:

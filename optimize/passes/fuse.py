@@ -67,8 +67,13 @@ class Fuse(Pass):
         big = sum(G.initializer_bytes(structure).values()) > G.INLINE_LIMIT
         del structure
         with G.quiet(stderr=True):
-            fused = optimize_model(str(ctx.src), model_type=mtype, opt_level=0, optimization_options=opts,
-                                   use_gpu=self.config["target"] == "cuda", only_onnxruntime=False)
+            try:
+                fused = optimize_model(str(ctx.src), model_type=mtype, opt_level=0, optimization_options=opts,
+                                       use_gpu=self.config["target"] == "cuda", only_onnxruntime=False)
+            except Exception as e:  # its pattern matchers assume shapes some exports lack
+                msg = (str(e).splitlines() or [""])[0][:160]
+                raise NothingToDo(f"onnxruntime.transformers' {mtype} fusions fail on this graph "
+                                  f"({type(e).__name__}: {msg})") from None
             after = collections.Counter(n.op_type for n in fused.model.graph.node)
             ctx.dst.mkdir(parents=True, exist_ok=True)
             fused.save_model_to_file(str(ctx.dst / G.GRAPH), use_external_data_format=big,

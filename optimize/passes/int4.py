@@ -63,9 +63,9 @@ class Int4(_WeightOnly):
             res = convs_only.apply(PassContext(ctx.component, ctx.role, src, stage, ctx.io, [], ctx.say))
             src, report = stage / res.files[0], res.report
         model = G.load_model(src)
+        G.fold_weight_transposes(model)  # GPTQ looks for constant MatMul weights
         G.ensure_node_names(model)
-        matmuls = [t.node.name for t in targets if t.kind == "linear" and t.node.op_type == "MatMul"
-                   and t.transpose is None]
+        matmuls = [t.node.name for t in targets if t.kind == "linear" and t.node.op_type == "MatMul"]
         excluded = [n.name for n in model.graph.node if n.op_type == "MatMul" and n.name not in matmuls]
         from onnxruntime.quantization.neural_compressor import gptq_quantize
 

@@ -36,12 +36,14 @@ def _load_for_library(ctx: PassContext, opset: int):
     """(graph structure without weights, a model path for onnxruntime.quantization).
 
     The library loads the weights itself; edgegen loads them only when it must change the
-    graph first (unnamed nodes, an opset upgrade for float8), then stages that copy on
+    graph first (unnamed nodes, an opset upgrade for float8, weights behind a Transpose),
+    then stages that copy on
     disk and drops it, so one copy of the weights is in memory at a time."""
     model = G.structure(ctx.src)
     stage = ctx.dst.parent / f"{ctx.dst.name}.input"
-    if G.needs_names(model) or G.opset(model) < opset:
+    if G.needs_names(model) or G.opset(model) < opset or G.weight_transposes(model):
         full = G.load_model(ctx.src)
+        G.fold_weight_transposes(full)  # so the library sees constant MatMul weights
         G.ensure_node_names(full)
         full = G.upgrade_opset(full, opset)
         path = G.stage(ctx.src, stage, full)
