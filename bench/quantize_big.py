@@ -111,15 +111,16 @@ def write_record(name: str, r: dict) -> None:
              f"Weights: {r['weights']}. Budget: peak RSS <= {r['budget_gb']} GB.", "",
              "| pass | wall s | peak RSS GB | within budget | parent GB | output GB | quantized weights: new/old bytes "
              "| MatMul/Gemm | weight rel. error mean / max |", "|---|---|---|---|---|---|---|---|---|"]
-    for name, x in r["runs"].items():
+    for pname, x in r["runs"].items():
         w = x.get("weights") or {}
-        lines.append(f"| {name} | {x['wall_seconds']} | {x['peak_rss_gb']} | {x['within_budget']} | "
+        lines.append(f"| {pname} | {x['wall_seconds']} | {x['peak_rss_gb']} | {x['within_budget']} | "
                      f"{x['parent_bytes'] / 1e9:.2f} | {x['bytes'] / 1e9:.2f} | {w.get('ratio', '-')} "
                      f"({w.get('replaced_fp32_bytes', 0) / 1e9:.2f} -> {w.get('new_bytes', 0) / 1e9:.2f} GB) | "
                      f"{x['matmuls']} | {x['weight_error']['mean']} / {x['weight_error']['max']} |")
     lines += ["", "The quantized weights' ratio is against their bf16 bytes (int4 block 32 with bf16 scales: "
               "(0.5 + 2/32) / 2 = 0.28; int8 block 64: (1 + 2/64) / 2 = 0.52); against fp32 it is half that. "
-              "Skip-listed layers (embedders, norms' modulation linears, first/last) stay bf16.",
+              "The weight-only skip list keeps 8 layers bf16 (input embedders, time/guidance/text projections, "
+              "norm_out, first/last); every block linear, the norms' modulation linears included, is quantized.",
               "Quality: the bf16 graph can't run on this CPU (no bf16 MatMulNBits kernel; fp32 would need 47.6 GB); "
               "the weight error is each dequantized weight against the original. The same passes go through the "
               "full quality gate at tiny size in tests/test_optimize.py."]

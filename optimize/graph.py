@@ -125,8 +125,21 @@ SKIP_PATTERNS = (
 _SKIP_RE = re.compile("|".join(f"(?:{p})" for p in SKIP_PATTERNS))
 
 
-def matches_skip_pattern(key: str) -> bool:
-    return bool(_SKIP_RE.search(key))
+# Weight-only quantization has no activation ranges to protect, so it keeps only what
+# the int4 recipes for diffusion models keep (GGUF/NF4 FLUX and SD3 checkpoints): the
+# input embedders, time/guidance projections and the output head. Norm modulation
+# linears and block-level proj_in/proj_out are a third of FLUX's weights and quantize
+# well weight-only.
+WEIGHT_ONLY_SKIP_PATTERNS = (
+    r"embedding|embedder|time_proj|time_emb_proj|add_time_proj|cond_proj|guidance",
+    r"(^|[./])(conv_in|conv_out|post_quant_conv|quant_conv|norm_out)([./]|$)",
+    r"text_projection",
+)
+_WEIGHT_ONLY_SKIP_RE = re.compile("|".join(f"(?:{p})" for p in WEIGHT_ONLY_SKIP_PATTERNS))
+
+
+def matches_skip_pattern(key: str, weight_only: bool = False) -> bool:
+    return bool((_WEIGHT_ONLY_SKIP_RE if weight_only else _SKIP_RE).search(key))
 
 
 def node_key(node: onnx.NodeProto, inits: set[str]) -> str:

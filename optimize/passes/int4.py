@@ -30,7 +30,7 @@ from .weight_only import _WeightOnly, find_targets, pack_int4, quantize_blocks  
 @register
 class Int4(_WeightOnly):
     name = "int4"
-    version = 2  # 2: RTN streams tensor by tensor; Gemm and Transpose'd weights quantized
+    version = 2  # 2: RTN streams tensor by tensor; Gemm and Transpose'd weights; weight-only skip list
     bits = 4
     precision = "int4"
     thresholds = Thresholds(cosine=0.94, rel_err=0.35, psnr=22.0, ssim=0.85)

@@ -117,10 +117,11 @@ def find_targets(model: onnx.ModelProto, skip: bool, convs: bool) -> tuple[list[
             found.append(Target(n, n.input[1], "conv"))
     if not skip or not found:
         return found, []
-    # The skip list (embeddings, time projections, conv_in/out, proj_in/out, norms, first
-    # and last weight layer), matched on node name, weight name and scope metadata.
+    # The weight-only skip list (graph.WEIGHT_ONLY_SKIP_PATTERNS: embedders, time and
+    # guidance projections, conv_in/out, norm_out) plus the first and last weight layer,
+    # matched on node name, weight name and scope metadata.
     keys = [G.node_key(t.node, set(inits)) + " " + t.weight for t in found]
-    skipped = {i for i, k in enumerate(keys) if G.matches_skip_pattern(k)} | {0, len(found) - 1}
+    skipped = {i for i, k in enumerate(keys) if G.matches_skip_pattern(k, weight_only=True)} | {0, len(found) - 1}
     return [t for i, t in enumerate(found) if i not in skipped], sorted(found[i].node.name for i in skipped)
 
 
