@@ -127,11 +127,11 @@ _SKIP_RE = re.compile("|".join(f"(?:{p})" for p in SKIP_PATTERNS))
 
 # Weight-only quantization has no activation ranges to protect, so it keeps only what
 # the int4 recipes for diffusion models keep (GGUF/NF4 FLUX and SD3 checkpoints): the
-# input embedders, time/guidance projections and the output head. Norm modulation
-# linears and block-level proj_in/proj_out are a third of FLUX's weights and quantize
-# well weight-only.
+# input embedders, the sinusoidal time/guidance projections and the output head. Norm
+# modulation linears and block-level proj_in/proj_out (a third of FLUX's weights) and the
+# UNet resnets' time_emb_proj are ordinary linears and quantize well weight-only.
 WEIGHT_ONLY_SKIP_PATTERNS = (
-    r"embedding|embedder|time_proj|time_emb_proj|add_time_proj|cond_proj|guidance",
+    r"embedding|embedder|time_proj|add_time_proj|cond_proj|guidance",
     r"(^|[./])(conv_in|conv_out|post_quant_conv|quant_conv|norm_out)([./]|$)",
     r"text_projection",
 )

@@ -308,3 +308,32 @@ def test_weight_transposes_fold_for_library_quantizers(tmp_path):
     assert "MatMulInteger" in [n.op_type for n in out.graph.node] and res.report["quantized_nodes"] == 1
     got = ort.InferenceSession(str(tmp_path / "dst" / res.files[0]), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
     assert cosine(ref, got) > 0.999
+
+
+@pytest.mark.parametrize("name,tol", [("int4", 0.15), ("int8-weights", 0.01)])
+def test_embedding_tables_become_gather_block_quantized(tmp_path, name, tol):
+    from edgegen.optimize.registry import PassContext, get_pass
+
+    rng = np.random.default_rng(0)
+    table = rng.standard_normal((100, 64)).astype(np.float32)
+    ids = h.make_tensor_value_info("ids", T.INT64, [1, 5])
+    y = h.make_tensor_value_info("y", T.FLOAT, [1, 5, 64])
+    w = rng.standard_normal((64, 64)).astype(np.float32)
+    nodes = [h.make_node("Gather", ["table", "ids"], ["e"], name="token_embedding"),
+             h.make_node("MatMul", ["e", "w"], ["y"], name="mm")]
+    model = h.make_model(h.make_graph(nodes, "g", [ids], [y], [numpy_helper.from_array(table, "table"),
+                                                                numpy_helper.from_array(w, "w")]),
+                         opset_imports=[h.make_opsetid("", 17)])
+    feeds = {"ids": np.array([[0, 7, 99, 7, 42]], np.int64)}
+    ref = run(model, feeds)[0]
+    (tmp_path / "src").mkdir()
+    onnx.save_model(model, str(tmp_path / "src" / "model.onnx"))
+    res = get_pass(name, skip=False).apply(
+        PassContext("te", "text_encoder", tmp_path / "src" / "model.onnx", tmp_path / "dst", None, []))
+    out = onnx.load(str(tmp_path / "dst" / res.files[0]))
+    assert [n.op_type for n in out.graph.node] == ["GatherBlockQuantized", "MatMulNBits"]
+    assert res.report["embeddings"] == 1
+    got = ort.InferenceSession(str(tmp_path / "dst" / res.files[0]), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    assert rel_err(ref, got) < tol
+    # The recorded error of the table is that of the table ORT gathers from.
+    assert 0 < res.report["weight_error"]["per_layer"]["token_embedding"] < tol
