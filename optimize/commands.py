@@ -109,6 +109,10 @@ def parse_pass_options(kw: dict, required: bool = True) -> dict | None:
     method, algo = kw.pop("calibration_method"), kw.pop("int4_algo")
     calibration_prompts, gate_prompts = kw.pop("calibration_prompts"), kw.pop("gate_prompts")
     if not required and not (flags or prune or extra):
+        used = [o for o, v in (("--no-gate", no_gate), ("--threshold", threshold), ("--calibration-method", method),
+                               ("--int4-algo", algo)) if v]
+        if used:
+            raise EdgegenError(f"{used[0]} only applies with a pass (e.g. --int8, --int4, --fp16)")
         return None
     passes = build_passes(flags, prune, extra, method, algo)
     thresholds = {}

@@ -286,6 +286,7 @@ def test_cli_export_with_a_pass_writes_only_the_gated_artifact(tmp_path):
     (("--int8", "--fp8"), ("incompatible passes", "int8", "fp8")),
     (("--pass", "int3"), ("unknown pass 'int3'",)),
     (("--int8", "--threshold", "psnr=high"), ("not a number",)),
+    (("--no-gate",), ("--no-gate only applies with a pass",)),
 ])
 def test_cli_export_refuses_bad_passes_before_exporting(tmp_path, args, fragments):
     out = tmp_path / "out"
