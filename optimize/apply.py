@@ -71,15 +71,6 @@ def plan(art: Artifact, passes: list[Pass], components: list[str] | None) -> dic
     return out
 
 
-def _link_or_copy(src: Path, dst: Path) -> None:
-    """Artifacts are immutable (digests), so untouched files are hard-linked when possible."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
-
-
 def optimize(src: str | Path, passes: list[Pass], out: str | Path, force: bool = False,
              components: list[str] | None = None, gate: bool = True, thresholds: dict[str, float] | None = None,
              trajectories: Trajectories | None = None, calibration_prompts: int = 4, gate_prompts: int = 2,
@@ -111,7 +102,7 @@ def optimize(src: str | Path, passes: list[Pass], out: str | Path, force: bool =
             chain = todo.get(name)
             if not chain:
                 for rel in comp["files"]:
-                    _link_or_copy(art.root / rel, tmp / rel)
+                    G.link_or_copy(art.root / rel, tmp / rel)
                 continue
             cur, reports, precision = art.graph_path(name), [], comp.get("precision", "fp32")
             applied = []
@@ -140,7 +131,7 @@ def optimize(src: str | Path, passes: list[Pass], out: str | Path, force: bool =
             if not applied:
                 del todo[name]
                 for rel in comp["files"]:
-                    _link_or_copy(art.root / rel, tmp / rel)
+                    G.link_or_copy(art.root / rel, tmp / rel)
                 continue
             todo[name] = applied
             final = cur.parent
@@ -167,7 +158,7 @@ def optimize(src: str | Path, passes: list[Pass], out: str | Path, force: bool =
             raise EdgegenError(f"{', '.join(p.name for p in passes)} changed no component of {art.root}")
         # Non-graph files (tokenizers, scheduler) are shared as they are.
         for rel in manifest.get("files", {}):
-            _link_or_copy(art.root / rel, tmp / rel)
+            G.link_or_copy(art.root / rel, tmp / rel)
 
         new_art = Artifact(tmp, manifest)
         if gate:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -470,21 +471,19 @@ def stage(src: Path, folder: Path, model: onnx.ModelProto | None = None) -> Path
     for f in src.parent.iterdir():
         if f.is_file() and (f.name == src.name or not f.name.endswith(".onnx")):
             if f.name == src.name:
-                _hard_link_or_copy(f, folder / f.name)
+                link_or_copy(f.resolve(), folder / f.name)
             else:
-                import shutil
-
                 shutil.copy2(f.resolve(), folder / f.name)
     return folder / src.name
 
 
-def _hard_link_or_copy(src: Path, dst: Path) -> None:
+def link_or_copy(src: Path, dst: Path) -> None:
+    """Hard link (artifacts are immutable, digests guard them), a copy across filesystems."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
     try:
-        os.link(src.resolve(), dst)
-    except OSError:  # another filesystem
-        import shutil
-
-        shutil.copy2(src.resolve(), dst)
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
 
 
 def weight_transposes(model: onnx.ModelProto) -> list[onnx.NodeProto]:

@@ -23,6 +23,7 @@ import numpy as np
 
 from .errors import EdgegenError
 from .iospec import IOSpec
+from .onnxruntime_backend import make_session
 
 SAMPLER_GRAPHS = "sampler_graphs"   # manifest key: "<sampler>-<steps>" -> step/scale graph entry
 DENOISE_GRAPHS = "denoise_graphs"   # manifest key: "<sampler>-<steps>" -> denoise graph entry
@@ -85,19 +86,6 @@ def reference_denoise(run_denoiser: Callable[..., np.ndarray], sampler, latents:
             pred = uncond + guidance * (cond - uncond)
         x = sampler.step(sampler.prepare_model_output(pred, x, i), i, x, rng)
     return sampler.final_sample(x)
-
-
-def _session(path: Path, device: str, threads: int):
-    from .onnxruntime_backend import PROVIDERS
-    import onnxruntime as ort
-
-    if device not in PROVIDERS:
-        raise EdgegenError(f"unknown onnxruntime device {device!r}; known: {', '.join(PROVIDERS)}")
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    if threads:
-        opts.intra_op_num_threads = threads
-    return ort.InferenceSession(str(path), opts, providers=PROVIDERS[device])
 
 
 def _entry(artifact, key: str, sampler: str, steps: int) -> dict:
@@ -224,7 +212,7 @@ class DenoiseGraph:
         self.io = IOSpec.from_dict(entry["io"])
         self.steps, self.cfg = int(entry["steps"]), bool(entry["cfg"])
         self.draws = [bool(d) for d in entry["draws_noise"]]
-        self.session = _session(root / entry["graph"], device, threads)
+        self.session = make_session(root / entry["graph"], device, threads)
 
     @classmethod
     def from_artifact(cls, artifact, sampler: str, steps: int, device: str = "cpu", threads: int = 0) -> "DenoiseGraph":

@@ -24,7 +24,7 @@ from .. import graph as G
 from ..calibrate import FeedReader
 from ..registry import PassContext, PassResult, Thresholds, register
 from ...runtimes.errors import EdgegenError
-from .weight_only import _WeightOnly, find_targets, pack_int4, quantize_blocks  # noqa: F401 (re-exported)
+from .weight_only import _WeightOnly, find_targets
 
 
 @register

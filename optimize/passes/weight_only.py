@@ -131,7 +131,8 @@ def find_targets(model: onnx.ModelProto, skip: bool, convs: bool, gathers: bool 
     # The weight-only skip list (graph.WEIGHT_ONLY_SKIP_PATTERNS: embedders, time and
     # guidance projections, conv_in/out, norm_out) plus the first and last weight layer,
     # matched on node name, weight name and scope metadata.
-    keys = [G.node_key(t.node, set(inits)) + " " + t.weight for t in found]
+    names = set(inits)
+    keys = [G.node_key(t.node, names) + " " + t.weight for t in found]
     skipped = {i for i, k in enumerate(keys) if G.matches_skip_pattern(k, weight_only=True)} | {0, len(found) - 1}
     kept = [t for i, t in enumerate(found) if i not in skipped]
     return kept + tables, sorted(found[i].node.name for i in skipped)
@@ -215,23 +216,18 @@ class _WeightOnly(Pass):
             t = by_weight[name]
             w = arr.astype(np.float32)
             scale_np = arr.dtype
-            if t.kind == "gather":  # GatherBlockQuantized: rows split into blocks along axis 1
+            if t.kind in ("gather", "conv"):  # blocks along axis 1: input channels / table rows
                 q, scale = quantize_blocks(w, block, axis=1, bits=bits)
                 deq = dequantize_blocks(q, scale, block, axis=1)
                 if bits == 4:
-                    out = [G.NewTensor(f"{name}_q{bits}", np.frombuffer(pack_int4(q), np.uint8), TensorProto.INT4,
+                    out = [G.NewTensor(f"{name}_q4", np.frombuffer(pack_int4(q), np.uint8), TensorProto.INT4,
                                        q.shape)]
-                else:  # uint8 storage with an explicit zero point of 128
-                    out = [G.NewTensor(f"{name}_q{bits}", (q.astype(np.int16) + 128).astype(np.uint8),
+                elif t.kind == "conv":
+                    out = [G.NewTensor(f"{name}_q8", q, TensorProto.INT8)]
+                else:  # GatherBlockQuantized stores 8 bits as uint8 with an explicit zero point of 128
+                    out = [G.NewTensor(f"{name}_q8", (q.astype(np.int16) + 128).astype(np.uint8),
                                        TensorProto.UINT8),
                            G.NewTensor(f"{name}_zero_points", np.full(scale.shape, 128, np.uint8), TensorProto.UINT8)]
-                ref = w
-            elif t.kind == "conv":
-                q, scale = quantize_blocks(w, block, axis=1, bits=bits)
-                deq = dequantize_blocks(q, scale, block, axis=1)
-                qtype = TensorProto.INT4 if bits == 4 else TensorProto.INT8
-                data = np.frombuffer(pack_int4(q), np.uint8) if bits == 4 else q
-                out = [G.NewTensor(f"{name}_q{bits}", data, qtype, q.shape)]
                 ref = w
             else:
                 w_kn = w.T if t.stored_nk else w
