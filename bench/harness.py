@@ -69,7 +69,7 @@ def summarize(child: dict) -> dict:
            "unstaged_seconds": max(e2e["median"] - staged, 0.0), "stages": stages,
            "warmup_seconds": [r["seconds"] for r in child["runs"] if r["warmup"]],
            "loadavg_1min": [r.get("loadavg_1min_after") for r in runs]}
-    for k in ("providers", "intra_op_threads", "scheduler", "onnxruntime"):
+    for k in ("providers", "intra_op_threads", "scheduler", "onnxruntime", "openvino", "memory_after_load", "compile"):
         if child.get(k) is not None:
             out[k] = child[k]
     return out

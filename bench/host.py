@@ -7,20 +7,14 @@ from __future__ import annotations
 
 import os
 import platform
-import shutil
 import subprocess
 from dataclasses import dataclass, field
 
 from ..profiles.device import Profile, load_profiles, match_host
 from ..runtimes.errors import EdgegenError
+from ..runtimes.host import Gpu, cpu_flags, gpus
 
 GiB = 2 ** 30
-
-
-@dataclass
-class Gpu:
-    name: str
-    memory_gb: float   # GiB, as NVML reports the total
 
 
 @dataclass
@@ -56,65 +50,6 @@ class Host:
 _INTERESTING = {"avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "avx_vnni", "neon", "asimd"}
 
 
-def cpu_flags() -> set[str]:
-    """/proc/cpuinfo's `flags` (x86) or `Features` (ARM) of the first CPU."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                key = line.split(":", 1)[0].strip().lower()
-                if key in ("flags", "features"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    if platform.system() == "Darwin" and platform.machine() == "arm64":
-        return {"neon", "asimd"}
-    return set()
-
-
-def _nvml_gpus() -> list[Gpu] | None:
-    try:
-        import pynvml
-    except ImportError:
-        return None
-    try:
-        pynvml.nvmlInit()
-    except pynvml.NVMLError:
-        return None
-    try:
-        out = []
-        for i in range(pynvml.nvmlDeviceGetCount()):
-            h = pynvml.nvmlDeviceGetHandleByIndex(i)
-            name = pynvml.nvmlDeviceGetName(h)
-            name = name.decode() if isinstance(name, bytes) else name
-            out.append(Gpu(name, pynvml.nvmlDeviceGetMemoryInfo(h).total / GiB))
-        return out
-    finally:
-        pynvml.nvmlShutdown()
-
-
-def _smi_gpus() -> list[Gpu]:
-    if not shutil.which("nvidia-smi"):
-        return []
-    try:
-        r = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader,nounits"],
-                           capture_output=True, text=True, timeout=20)
-    except (OSError, subprocess.TimeoutExpired):
-        return []
-    gpus = []
-    for line in r.stdout.splitlines() if r.returncode == 0 else []:
-        name, _, mib = line.rpartition(",")
-        try:
-            gpus.append(Gpu(name.strip(), float(mib) / 1024))
-        except ValueError:
-            continue
-    return gpus
-
-
-def gpus() -> list[Gpu]:
-    found = _nvml_gpus()
-    return found if found is not None else _smi_gpus()
-
-
 def _chip() -> str:
     if platform.system() != "Darwin":
         return ""
@@ -141,7 +76,7 @@ def _ram_gb() -> float | None:
 
 
 def detect() -> Host:
-    return Host(cpu_flags(), gpus(), _chip(), _device_model(), _ram_gb())
+    return Host(cpu_flags(), list(gpus()), _chip(), _device_model(), _ram_gb())
 
 
 def matches(profile: Profile, host: Host) -> bool:

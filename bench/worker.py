@@ -58,7 +58,12 @@ class Recorder:
 def _edgegen_runner(cfg: dict, manifest: dict, rec: Recorder):
     from ..runtimes.pipeline import Pipeline
 
-    pipe = Pipeline.load(cfg["artifact"], device=cfg["device"], verify=cfg.get("verify", True))
+    if cfg["mode"] == "openvino":   # the same graphs and loop, OpenVINO's backend at load time
+        pipe = Pipeline.load(cfg["artifact"], device="GPU" if cfg["device"] == "cuda" else "CPU",
+                             verify=cfg.get("verify", True), backend="openvino")
+    else:                           # onnxruntime, or the backend a compiled artifact names
+        pipe = Pipeline.load(cfg["artifact"], device=None if "target" in manifest else cfg["device"],
+                             verify=cfg.get("verify", True))
     r = pipe.recipe
     # Sessions and tokenizers are created lazily; create them now so loading is not timed as a stage.
     for te in r["text_encoders"]:
@@ -66,18 +71,20 @@ def _edgegen_runner(cfg: dict, manifest: dict, rec: Recorder):
         pipe.component(te["component"])
     pipe.component(r["denoiser"])
     pipe.component(r["vae_decoder"])
-    if cfg["mode"] == "openvino":
-        from .openvino_runner import swap_in_openvino
-
-        swap_in_openvino(pipe, cfg["device"])
     pipe.observers.append(rec.observer)
-    import onnxruntime as ort
-
+    be = pipe.backend
     sess = pipe.component(r["denoiser"])
-    info = {"runtime": "edgegen (onnxruntime)" if cfg["mode"] == "edgegen" else "edgegen pipeline, OpenVINO graphs",
-            "onnxruntime": ort.__version__,
+    target = manifest.get("target")
+    info = {"runtime": f"edgegen ({be.name} {be.device}"
+                       f"{', ' + be.resolved_precision() if be.resolved_precision() else ''})"
+                       + (", compiled" if target else ""),
+            **be.versions(),
             "providers": sess.session.get_providers() if hasattr(sess, "session") else None,
-            "intra_op_threads": "onnxruntime default (one per physical core)"}
+            "intra_op_threads": "backend default (one per physical core)",
+            "memory_after_load": be.memory()}
+    if target:
+        info["compile"] = {"target": target["target"], "seconds": target["build"]["seconds"],
+                           "gate": target.get("gate", {}).get("end_to_end")}
 
     def generate(latents):
         return pipe(cfg["prompt"], steps=cfg["steps"], guidance=cfg["guidance"], sampler=cfg["sampler"], seed=cfg["seed"],

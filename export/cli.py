@@ -120,11 +120,15 @@ def export_cmd(family, weights, random_weights, tiny, out, force, seed, trust_pi
 @click.option("--sampler", help="euler, euler_a, ddim, lcm, dpmpp_2m (default: the family's).")
 @click.option("--negative-prompt")
 @click.option("--latents", type=click.Path(path_type=Path), help="Initial noise as a .npy file (NCHW float32).")
-@click.option("--device", default="cpu", show_default=True, help="onnxruntime device: cpu or cuda.")
+@click.option("--device", help="Backend device: cpu or cuda (onnxruntime), CPU/GPU/NPU (openvino); "
+                                "default: the compiled artifact's, else cpu.")
+@click.option("--backend", type=click.Choice(["onnxruntime", "openvino", "tensorrt", "tensorrt-rtx"]),
+              help="Run an uncompiled artifact on this backend (a compiled one knows its own).")
+@click.option("--precision", help="Inference precision for --backend openvino (f32, bf16, f16).")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("image.png"), show_default=True)
 @click.option("--force", is_flag=True, help="Overwrite --out if it exists.")
 def generate_cmd(artifact, prompt, steps, guidance, height, width, seed, sampler, negative_prompt, latents,
-                 device, out, force):
+                 device, backend, precision, out, force):
     """Generate an image from PROMPT with an exported ARTIFACT (no torch needed)."""
     import numpy as np
     from rich.progress import Progress
@@ -143,7 +147,7 @@ def generate_cmd(artifact, prompt, steps, guidance, height, width, seed, sampler
             noise = np.load(latents)
         except (OSError, ValueError) as e:
             raise EdgegenError(f"--latents {latents}: cannot read a .npy array ({e})") from None
-    pipe = Pipeline.load(artifact, device=device)
+    pipe = Pipeline.load(artifact, device=device, backend=backend, precision=precision)
     d = pipe.defaults
     steps = d["steps"] if steps is None else steps
     guidance = d["guidance"] if guidance is None else guidance
@@ -154,7 +158,7 @@ def generate_cmd(artifact, prompt, steps, guidance, height, width, seed, sampler
                      latents=noise, negative_prompt=negative_prompt,
                      callback=lambda i, n: bar.update(task, completed=i + 1))
     meta = {"prompt": prompt, "seed": str(seed), "steps": str(steps), "guidance": str(guidance), "sampler": sampler,
-            "family": pipe.artifact.family, "artifact_sha256": sha256_file(pipe.artifact.root / "manifest.json"),
+            "family": pipe.artifact.family, "backend": pipe.backend.name, "artifact_sha256": sha256_file(pipe.artifact.root / "manifest.json"),
             "size": f"{image.shape[1]}x{image.shape[0]}"}
     if negative_prompt:
         meta["negative_prompt"] = negative_prompt
@@ -190,6 +194,9 @@ def _register() -> None:
     main.add_command(profiles_cmd, "profiles")
     main.add_command(plan_cmd, "plan")
     main.add_command(bench_cmd, "bench")
+    from ..runtimes.compile import compile_command
+
+    main.add_command(compile_command(), "compile")
 
 
 _register()

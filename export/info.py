@@ -21,6 +21,8 @@ def summary(art: Artifact) -> dict:
             "validation_passed": v.get("passed"),
             "max_abs_err": max((k["max_abs_err"] for k in v.get("checks", [])), default=None),
         }
+        if "compiled" in c and c.get("gate"):
+            comps[name]["compile_gate"] = {k: c["gate"].get(k) for k in ("passed", "cosine", "rel_err")}
         o = c.get("optimize")
         if o:  # an optimized component: its passes, sizes and quality gate instead of export's check
             g = c.get("gate", {})
@@ -32,12 +34,25 @@ def summary(art: Artifact) -> dict:
     gate = m.get("gate", {})
     e2e = "skipped" if gate.get("skipped") else {k: gate["end_to_end"].get(k) for k in ("passed", "psnr", "ssim", "prompts")} \
         if "end_to_end" in gate else None
-    return {"family": m["family"], "size": m.get("size"), "source": m.get("source"), "created": m.get("created"),
+    t = m.get("target")
+    target = None
+    if t:
+        g = t.get("gate", {})
+        target = {"target": t["target"], "backend": t["backend"], "versions": t["versions"], "options": t["options"],
+                  "shape_profile": t["shape_profile"], "build_seconds": t["build"]["seconds"],
+                  "host": t["fingerprint"]["host"],
+                  "gate": "skipped" if g.get("skipped") else {k: g["end_to_end"].get(k) for k in ("passed", "psnr", "ssim")},
+                  "component_gates": {n: {k: c.get("gate", {}).get(k) for k in ("passed", "cosine", "rel_err")}
+                                      for n, c in m["components"].items() if "compiled" in c}}
+    return {"family": m["family"], "size": m.get("size"), "target": target, "source": m.get("source"), "created": m.get("created"),
             "total_bytes": art.total_bytes(), "defaults": m["pipeline"]["defaults"],
             "passes": [p["name"] for p in m.get("passes", [])], "components": comps, "gate_end_to_end": e2e}
 
 
 def _quality(c: dict) -> str:
+    g = c.get("compile_gate")
+    if g:
+        return f"compile gate {'ok' if g['passed'] else 'FAILED'}: cos {g['cosine']:.5f}, rel err {g['rel_err']:.4f}"
     o = c.get("optimize")
     if o:
         g = o["gate"]
@@ -72,6 +87,17 @@ def render_info(art: Artifact) -> None:
     elif e2e:
         con.print(f"quality gate, end to end: {'passed' if e2e['passed'] else 'FAILED'}, image PSNR {e2e['psnr']:.2f} dB, "
                   f"SSIM {e2e['ssim']:.4f} (worst of {e2e['prompts']} prompts vs the parent)")
+    tg = s["target"]
+    if tg:
+        sp = tg["shape_profile"]
+        shapes = "static" if sp.get("static") else ", ".join(f"{k} {v[0]}..{v[2]}" for k, v in sp.items()
+                                                             if isinstance(v, list)) or "the artifact's ranges"
+        gate = tg["gate"]
+        gate_txt = "skipped" if gate == "skipped" else \
+            f"{'passed' if gate['passed'] else 'FAILED'}, PSNR {gate['psnr']:.2f} dB, SSIM {gate['ssim']:.4f}"
+        con.print(f"compiled for [bold]{tg['target']}[/] ({', '.join(f'{k} {v}' for k, v in tg['versions'].items())}; "
+                  f"{', '.join(f'{k}={v}' for k, v in tg['options'].items())}); shapes: {shapes}; "
+                  f"built in {tg['build_seconds']:.1f} s; compile gate vs parent on onnxruntime CPU: {gate_txt}")
     t = Table("component", "params", "MB", "precision", "passes", "inputs", "outputs", "validation / gate")
     for name, c in s["components"].items():
         passes = ", ".join(c["optimize"]["passes"]) if c.get("optimize") else "export"

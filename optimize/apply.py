@@ -26,15 +26,7 @@ FORMAT = "onnx"
 
 
 def roles(art: Artifact) -> dict[str, str]:
-    """Component -> role, from the pipeline recipe (no family names)."""
-    r = art.manifest.get("pipeline", {})
-    out = {c: "other" for c in art.components}
-    for te in r.get("text_encoders", []):
-        out[te["component"]] = "text_encoder"
-    for key in ("denoiser", "vae_decoder", "vae_encoder"):
-        if r.get(key) in out:
-            out[r[key]] = key
-    return out
+    return art.roles()
 
 
 def check_format(art: Artifact) -> None:

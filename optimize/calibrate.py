@@ -69,15 +69,20 @@ def _normalise(art: Artifact, comp: str, feeds: dict) -> dict[str, np.ndarray]:
 
 
 def collect(art: Artifact, calibration_prompts: int = 4, gate_prompts: int = 2, steps: int | None = None,
-            size: int | None = None, max_samples: int = 32, say=lambda msg: None) -> Trajectories:
-    if calibration_prompts < 1 or gate_prompts < 1 or calibration_prompts + gate_prompts > len(PROMPTS):
-        raise ValueError(f"need 1 <= calibration prompts, 1 <= gate prompts, sum <= {len(PROMPTS)}")
+            size: int | None = None, max_samples: int = 32, say=lambda msg: None, width: int | None = None,
+            batch: int = 1) -> Trajectories:
+    """`size` is the image height (and width unless `width` is given). `batch` > 1 generates
+    each prompt that many times in one call (a compiled artifact with a fixed batch); with no
+    calibration prompts only the gate data is collected (the compile gate)."""
+    if calibration_prompts < 0 or gate_prompts < 1 or calibration_prompts + gate_prompts > len(PROMPTS):
+        raise ValueError(f"need 0 <= calibration prompts, 1 <= gate prompts, sum <= {len(PROMPTS)}")
     pipe = make_pipeline(art)
     comps = set(art.components)
     recipe = art.manifest["pipeline"]
     d = recipe["defaults"]
     steps = d["steps"] if steps is None else steps
-    height = width = size or d["height"]
+    height = size or d["height"]
+    width = width or size or d["width"]
     lh, lw = height // recipe["vae_scale_factor"], width // recipe["vae_scale_factor"]
 
     calib: dict[str, list] = {c: [] for c in comps}
@@ -100,17 +105,22 @@ def collect(art: Artifact, calibration_prompts: int = 4, gate_prompts: int = 2, 
         say(f"{'gate' if gating else 'calibration'} trajectory {i + 1}/{len(prompts)}: {steps} steps")
         latents = np.random.default_rng(1000 + i).standard_normal(
             (1, recipe["latent_channels"], lh, lw)).astype(np.float32)
-        image = pipe(prompt, steps=steps, seed=i, latents=latents)
+        if batch > 1:
+            latents = np.repeat(latents, batch, axis=0)
+            image = pipe([prompt] * batch, steps=steps, seed=i, latents=latents)[0]
+        else:
+            image = pipe(prompt, steps=steps, seed=i, latents=latents)
         dec = sink["inputs"][recipe["vae_decoder"]][-1]
         decoded = pipe.component(recipe["vae_decoder"])(**dec)["image"]
         (decoded_gate if gating else decoded_calib).append(np.clip(decoded, -1, 1).astype(np.float32))
         if gating:
             images.append(image)
-            runs.append({"prompt": prompt, "seed": i, "steps": steps, "latents": latents})
+            runs.append({"prompt": [prompt] * batch if batch > 1 else prompt, "seed": i, "steps": steps,
+                         "latents": latents})
 
     # Components the loop did not call (the VAE encoder, extra parts): derived inputs.
     for c in sorted(comps):
-        if calib[c]:
+        if calib[c] or gate_in[c]:
             continue
         io = art.io(c)
         names = io.input_names
@@ -119,7 +129,7 @@ def collect(art: Artifact, calibration_prompts: int = 4, gate_prompts: int = 2, 
             calib[c] = [{names[0]: x} for x in decoded_calib]
             gate_in[c] = [{names[0]: x} for x in decoded_gate]
         else:
-            sizes = io.sizes("opt")
+            sizes = io.sizes("opt", **({"batch": batch} if "batch" in io.dims else {}))
             calib[c] = [io.example(sizes, seed=s) for s in range(calibration_prompts)]
             gate_in[c] = [io.example(sizes, seed=100 + s) for s in range(gate_prompts)]
         comp = pipe.component(c)
@@ -131,7 +141,7 @@ def collect(art: Artifact, calibration_prompts: int = 4, gate_prompts: int = 2, 
         gate_outputs={c: _evenly(v, max_samples) for c, v in gate_out.items()},  # same picks as inputs
         images=images, gate_runs=runs,
         config={"calibration_prompts": calibration_prompts, "gate_prompts": gate_prompts, "steps": steps,
-                "height": height, "width": width, "sampler": d["sampler"], "max_samples": max_samples},
+                "height": height, "width": width, "batch": batch, "sampler": d["sampler"], "max_samples": max_samples},
     )
 
 

@@ -44,6 +44,18 @@ def _value(v: str):
     return {"true": True, "false": False}.get(v.lower(), v)
 
 
+def parse_thresholds(values) -> dict[str, float]:
+    """--threshold METRIC=VALUE options as a dict (the metric names are checked by the stage)."""
+    out = {}
+    for t in values:
+        k, v = _kv(t, "--threshold")
+        try:
+            out[k] = float(v)
+        except ValueError:
+            raise EdgegenError(f"--threshold {t}: {v!r} is not a number") from None
+    return out
+
+
 # Precision flags: (pass name, help). One list drives `optimize` and `export`'s options.
 FLAGS = (
     ("fp16", "fp16, with fp32 islands found from calibration data."),
@@ -115,13 +127,7 @@ def parse_pass_options(kw: dict, required: bool = True) -> dict | None:
             raise EdgegenError(f"{used[0]} only applies with a pass (e.g. --int8, --int4, --fp16)")
         return None
     passes = build_passes(flags, prune, extra, method, algo)
-    thresholds = {}
-    for t in threshold:
-        k, v = _kv(t, "--threshold")
-        try:
-            thresholds[k] = float(v)
-        except ValueError:
-            raise EdgegenError(f"--threshold {t}: {v!r} is not a number") from None
+    thresholds = parse_thresholds(threshold)
     if calibration_prompts < 1 or gate_prompts < 1 or calibration_prompts + gate_prompts > 8:
         raise EdgegenError("--calibration-prompts and --gate-prompts must be >= 1 and sum to at most 8")
     from .registry import order_passes

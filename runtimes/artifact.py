@@ -16,6 +16,7 @@ from pathlib import Path
 
 from .errors import EdgegenError
 from .iospec import IOSpec
+from .paths import check_graph, inside
 
 FORMAT = "edgegen-artifact"
 FORMAT_VERSION = 1
@@ -51,7 +52,7 @@ class Artifact:
         return IOSpec.from_dict(self.components[component]["io"])
 
     def graph_path(self, component: str) -> Path:
-        return self.root / self.components[component]["graph"]
+        return inside(self.root, self.components[component]["graph"], f"component {component} graph")
 
     def verify(self) -> None:
         """Raise EdgegenError if a listed file is missing or its digest differs."""
@@ -66,6 +67,18 @@ class Artifact:
             path = self.root / rel
             if not path.is_file() or sha256_file(path) != facts["sha256"]:
                 raise EdgegenError(f"artifact {self.root}: {rel} is missing or corrupted")
+
+    def roles(self) -> dict[str, str]:
+        """Component -> role (text_encoder, denoiser, vae_decoder, vae_encoder, other), from the
+        pipeline recipe: stages decide by role, never by family name."""
+        r = self.manifest.get("pipeline", {})
+        out = {c: "other" for c in self.components}
+        for te in r.get("text_encoders", []):
+            out[te["component"]] = "text_encoder"
+        for key in ("denoiser", "vae_decoder", "vae_encoder"):
+            if r.get(key) in out:
+                out[r[key]] = key
+        return out
 
     def total_bytes(self) -> int:
         return sum(f["bytes"] for c in self.components.values() for f in c["files"].values())
@@ -86,10 +99,46 @@ def load_artifact(path: str | os.PathLike, verify: bool = True) -> Artifact:
         raise EdgegenError(f"{mpath} is not an edgegen manifest (format={manifest.get('format')!r})")
     if manifest.get("format_version", 0) > FORMAT_VERSION:
         raise EdgegenError(f"{root} has format version {manifest['format_version']}; this edgegen reads up to {FORMAT_VERSION}")
+    check_paths(root, manifest)
     art = Artifact(root, manifest)
     if verify:
         art.verify()
     return art
+
+
+def _graph_entries(manifest: dict):
+    """(label, entry) for every manifest entry with a "graph" and its "files"."""
+    for name, comp in manifest.get("components", {}).items():
+        yield f"component {name}", comp
+    for key, entry in manifest.get("denoise_graphs", {}).items():
+        yield f"denoise graph {key}", entry
+    for key, entry in manifest.get("sampler_graphs", {}).items():
+        for part in ("step", "scale"):
+            if part in entry:
+                yield f"sampler graph {key} {part}", entry[part]
+
+
+def check_paths(root: Path, manifest: dict) -> None:
+    """Refuse a manifest naming any path that resolves outside `root` (before reading any of them)."""
+    for rel in manifest.get("files", {}):
+        inside(root, rel, "file")
+    graphs = []
+    for label, entry in _graph_entries(manifest):
+        graph = inside(root, entry["graph"], f"{label} graph")
+        for rel in entry.get("files", {}):
+            inside(root, rel, f"{label} file")
+        # A compile's files are named relative to the graph's folder.
+        folder = Path(entry["graph"]).parent
+        compiled = entry.get("compiled") or {}
+        for rel in compiled.get("files", []):
+            inside(root, folder / rel, f"{label} compiled file")
+        if compiled.get("cache_dir"):
+            inside(root, folder / compiled["cache_dir"], f"{label} cache folder")
+        graphs.append(graph)
+    # Only now, with every named path known to be inside, open the graphs for their external data.
+    for graph in graphs:
+        if graph.is_file():
+            check_graph(root, graph)
 
 
 def check_out_path(out: Path, force: bool) -> None:

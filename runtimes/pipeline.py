@@ -16,49 +16,93 @@ import numpy as np
 from .artifact import Artifact, load_artifact
 from .errors import EdgegenError
 from .image import to_uint8
-from .onnxruntime_backend import OrtComponent
+from .backend import Backend, ComponentSpec, binding_differences, get_backend
 from .samplers import SAMPLERS, make_sampler
+from .shape_profile import is_static
 from .tokenizer import TextTokenizer
 
 KINDS = {"unet": "unet_pipeline", "flux": "flux_pipeline", "sd3": "sd3_pipeline", "sana": "sana_pipeline"}
 
 
+def resolve_backend(art: Artifact, backend: str | None, device: str | None, precision: str | None,
+                    threads: int) -> Backend:
+    """The backend an artifact runs on: the one it was compiled for (refusing a host whose
+    fingerprint differs), else `backend` (onnxruntime by default) at load time."""
+    target = art.manifest.get("target")
+    if target is None:
+        name = backend or "onnxruntime"
+        if name == "onnxruntime" and device is None:
+            device = "cpu"
+        if name == "openvino" and device in ("cpu", "cuda"):
+            device = {"cpu": "CPU", "cuda": "GPU"}[device]
+        return get_backend(name, device, precision, threads)
+    name, opts = target["backend"], dict(target["options"])
+    if backend is not None and backend != name:
+        raise EdgegenError(f"{art.root} is compiled for {name}; it cannot run on {backend} "
+                           f"(load its parent artifact with backend={backend!r}, or compile one for it)")
+    if precision is not None and precision != opts.get("precision"):
+        raise EdgegenError(f"{art.root} is compiled for precision {opts.get('precision')}; got {precision}")
+    dev = opts.pop("device")
+    if device is not None and device.lower() != dev.lower():
+        raise EdgegenError(f"{art.root} is compiled for device {dev}; got {device}")
+    prec = opts.pop("precision", None)
+    be = get_backend(name, dev, prec, threads, opts)
+    diffs = binding_differences(target["binding"], be.binding())
+    if diffs:
+        raise EdgegenError(f"{art.root} was compiled on another machine ({diffs[0]}); recompile it here: "
+                           f"edgegen compile {target.get('parent', {}).get('path', 'PARENT')} --target "
+                           f"{target['target']} --out NEW_DIR")
+    return be
+
+
+def component_spec(art: Artifact, name: str) -> ComponentSpec:
+    io = art.io(name)
+    return ComponentSpec(name, art.graph_path(name), io, art.root, art.components[name].get("compiled"), is_static(io))
+
+
 class Pipeline:
-    def __init__(self, artifact: Artifact, device: str = "cpu", threads: int = 0):
+    def __init__(self, artifact: Artifact, device: str | None = None, threads: int = 0, backend: str | None = None,
+                 precision: str | None = None):
         self.artifact = artifact
         self.recipe = artifact.manifest["pipeline"]
-        self.device, self.threads = device, threads
-        self._components: dict[str, OrtComponent] = {}
+        self.backend = resolve_backend(artifact, backend, device, precision, threads)
+        self.device, self.threads = self.backend.device, threads
+        self._components: dict[str, Callable[..., dict[str, np.ndarray]]] = {}
         self._tokenizers: dict[str, TextTokenizer] = {}
         # Called as fn(stage, inputs, outputs, seconds) after every stage: per-stage timing
         # for bench, calibration data capture for optimize.
         self.observers: list[Callable[[str, dict, dict, float], None]] = []
         # Few-step artifacts carry denoise.onnx (all steps in one graph); calibration capture
-        # needs per-step denoiser calls and turns this off.
-        self.use_denoise_graph = True
+        # needs per-step denoiser calls and turns this off. Backends that do not run the
+        # artifact's ONNX graphs as they are use the per-step loop.
+        self.use_denoise_graph = self.backend.runs_onnx_graphs
         self._denoise_graphs: dict = {}
 
     @classmethod
-    def load(cls, path: str | Path, device: str = "cpu", verify: bool = True, threads: int = 0) -> "Pipeline":
-        return cls.for_artifact(load_artifact(path, verify=verify), device=device, threads=threads)
+    def load(cls, path: str | Path, device: str | None = None, verify: bool = True, threads: int = 0,
+             backend: str | None = None, precision: str | None = None) -> "Pipeline":
+        """`backend` picks one at load time for an artifact that was not compiled; a compiled
+        artifact (`edgegen compile`) runs on the backend it was compiled and gated for."""
+        return cls.for_artifact(load_artifact(path, verify=verify), device=device, threads=threads,
+                                backend=backend, precision=precision)
 
     @staticmethod
-    def for_artifact(art: Artifact, device: str = "cpu", threads: int = 0) -> "Pipeline":
+    def for_artifact(art: Artifact, device: str | None = None, threads: int = 0, backend: str | None = None,
+                     precision: str | None = None) -> "Pipeline":
         """The pipeline class of the artifact's recipe kind, on an already loaded artifact."""
         kind = art.manifest.get("pipeline", {}).get("kind")
         if kind not in KINDS:
             raise EdgegenError(f"{art.root}: unknown pipeline kind {kind!r}; this edgegen runs {', '.join(KINDS)}")
         impl = getattr(importlib.import_module(f"{__package__}.{KINDS[kind]}"), "PIPELINE")
-        return impl(art, device=device, threads=threads)
+        return impl(art, device=device, threads=threads, backend=backend, precision=precision)
 
     @property
     def defaults(self) -> dict:
         return self.recipe["defaults"]
 
-    def component(self, name: str) -> OrtComponent:
+    def component(self, name: str) -> Callable[..., dict[str, np.ndarray]]:
         if name not in self._components:
-            art = self.artifact
-            self._components[name] = OrtComponent(name, art.graph_path(name), art.io(name), self.device, self.threads)
+            self._components[name] = self.backend.load(component_spec(self.artifact, name))
         return self._components[name]
 
     def tokenizer(self, name: str, label: str | None = None) -> TextTokenizer:

@@ -8,7 +8,15 @@ activation MatMuls stay float (the usual recipe; they carry softmax probabilitie
 
 Static QDQ uses symmetric int8 activations and per-channel symmetric weights: explicit
 quantization TensorRT consumes directly (zero points 0), and ORT CPU runs it with its
-QDQ int8 kernels.
+QDQ int8 kernels. Two int8 settings come from measurement (tiny SD1.5 UNet, rel. error vs
+fp32; OpenVINO 2026.4 and ORT 1.32 on an AVX2 CPU; see bench/results/int8_openvino.md):
+- nodes whose activation comes straight from a Concat stay float (the UNet up-blocks'
+  conv_shortcut on concat(hidden, skip)). OpenVINO's CPU low-precision transforms split a
+  signed int8 Q/DQ behind a Concat per input and round in real units instead of steps of the
+  scale (a 5-level activation): 0.31 where ORT gives 0.14. Those convs are also the costliest
+  to quantize when run exactly (0.089 -> 0.041 without them).
+- `reduce_range` (7-bit weights, NNCF's "overflow fix"): without VNNI, u8s8/s8s8 dot
+  products saturate 16-bit intermediates in both runtimes (ORT 0.155 -> 0.022 on the MatMuls).
 
 Memory: the library loads the model once (one copy of the weights) and, for static
 calibration, runs an augmented copy that outputs every calibrated activation; ORT's
@@ -26,10 +34,24 @@ from ...runtimes.errors import EdgegenError
 _METHODS = ("percentile", "entropy", "minmax", "distribution")
 
 
-def _quantizable(model, op_types, skip: bool) -> tuple[list[str], list[str]]:
+def _quantizable(model, op_types, skip: bool, concat_fed: bool = True) -> tuple[list[str], list[str]]:
     nodes = [n.name for n in G.weight_nodes(model, op_types)]
     skipped = set(G.skip_list(model, op_types)) if skip else set()
+    if not concat_fed:
+        skipped |= _concat_fed(model, nodes)
     return [n for n in nodes if n not in skipped], sorted(skipped)
+
+
+def _concat_fed(model, names: list[str]) -> set[str]:
+    """Nodes whose activation input is a Concat's output."""
+    producer = {o: n for n in model.graph.node for o in n.output}
+    by_name = {n.name: n for n in model.graph.node}
+    out = set()
+    for name in names:
+        p = producer.get(by_name[name].input[0])
+        if p is not None and p.op_type == "Concat":
+            out.add(name)
+    return out
 
 
 def _load_for_library(ctx: PassContext, opset: int):
@@ -79,7 +101,8 @@ class _StaticQDQ(Pass):
         if not ctx.calibration:
             raise EdgegenError(f"{ctx.component}: {self.name} needs calibration inputs")
         model, path = _load_for_library(ctx, self.opset)
-        nodes, skipped = _quantizable(model, ("Conv", "MatMul", "Gemm"), self.config["skip"])
+        nodes, skipped = _quantizable(model, ("Conv", "MatMul", "Gemm"), self.config["skip"],
+                                      self.config["concat_fed"])
         if not nodes:
             raise EdgegenError(f"{ctx.component}: nothing for {self.name} to quantize")
         method = {"percentile": CalibrationMethod.Percentile, "entropy": CalibrationMethod.Entropy,
@@ -97,7 +120,7 @@ class _StaticQDQ(Pass):
             quantize_static(
                 str(path), str(ctx.dst / G.GRAPH), FeedReader(ctx.calibration, ctx.io.input_names),
                 quant_format=QuantFormat.QDQ, op_types_to_quantize=["Conv", "MatMul", "Gemm"],
-                per_channel=self.config["per_channel"], activation_type=getattr(QuantType, self.activation),
+                per_channel=self.config["per_channel"], reduce_range=self.config["reduce_range"], activation_type=getattr(QuantType, self.activation),
                 weight_type=getattr(QuantType, self.weight), nodes_to_quantize=nodes,
                 use_external_data_format=big, calibrate_method=method, extra_options=extra,
                 calibration_providers=["CPUExecutionProvider"],
@@ -110,11 +133,12 @@ class _StaticQDQ(Pass):
 @register
 class Int8Static(_StaticQDQ):
     name = "int8"
-    version = 1
+    version = 2
     precision = "int8"
     activation = weight = "QInt8"
     thresholds = Thresholds(cosine=0.9, rel_err=0.45, psnr=18.0, ssim=0.7)
-    defaults = {"method": "percentile", "percentile": 99.999, "per_channel": True, "skip": True}
+    defaults = {"method": "percentile", "percentile": 99.999, "per_channel": True, "skip": True,
+                "concat_fed": False, "reduce_range": True}
     help = "int8 static QDQ, calibrated along sampler trajectories"
 
 
@@ -127,7 +151,8 @@ class FP8(_StaticQDQ):
     activation = weight = "QFLOAT8E4M3FN"
     thresholds = Thresholds(cosine=0.95, rel_err=0.3, psnr=20.0, ssim=0.8)
     # ORT computes float8 scales from the activations' distribution (its only float8 method).
-    defaults = {"method": "distribution", "percentile": 99.999, "per_channel": False, "skip": True}
+    defaults = {"method": "distribution", "percentile": 99.999, "per_channel": False, "skip": True,
+                "concat_fed": True, "reduce_range": False}
     help = "fp8 E4M3 QDQ (Ada/Hopper GPUs), calibrated like int8"
 
 

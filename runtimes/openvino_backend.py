@@ -1,0 +1,137 @@
+"""OpenVINO backend: ONNX (or the IR a compile wrote) compiled by OpenVINO itself on CPU, GPU or NPU.
+
+Precision is always set explicitly (`INFERENCE_PRECISION_HINT`): OpenVINO's CPU default is bf16
+on CPUs with AVX512-BF16/AMX and f32 elsewhere, so leaving it implicit would make the same
+artifact compute differently on two machines. The default here follows the same rule, but is
+written into the compiled artifact and gated there. A static shape profile is applied with
+`model.reshape` before compiling (NPUs only take static shapes; on CPU it lets OpenVINO plan
+memory once). A compiled artifact keeps OpenVINO's model cache (CACHE_DIR) next to the IR, in
+a folder named by the cache key.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .backend import Backend, Built, ComponentSpec, check_feeds
+from .errors import EdgegenError
+from .host import ISA_FLAGS, cpu_flags, cpu_has_bf16, cpu_model
+from .shape_profile import is_static
+
+# edgegen's precision names -> OpenVINO's element types for INFERENCE_PRECISION_HINT
+_HINT = {"f32": "f32", "bf16": "bf16", "f16": "f16"}
+
+
+class OvComponent:
+    def __init__(self, name: str, compiled, io):
+        self.name, self.io, self.compiled = name, io, compiled
+        self.request = compiled.create_infer_request()
+        self._outputs = [compiled.output(n) for n in io.output_names]
+
+    def __call__(self, **feeds: np.ndarray) -> dict[str, np.ndarray]:
+        feeds, _ = check_feeds(self.name, self.io, feeds)
+        res = self.request.infer(feeds)
+        # The request reuses its output tensors on the next call: copy out.
+        return {n: np.array(res[o], copy=True) for n, o in zip(self.io.output_names, self._outputs)}
+
+
+class OpenVinoBackend(Backend):
+    name = "openvino"
+    library = "openvino"
+    extra = "openvino"
+    devices = ("CPU", "GPU", "NPU")
+    precisions = ("f32", "bf16", "f16")
+
+    def resolved_precision(self) -> str:
+        if self.precision:
+            return self.precision
+        if self.device == "CPU":
+            return "bf16" if cpu_has_bf16() else "f32"
+        return "f16"     # Intel GPUs and NPUs compute in f16
+
+    def host(self) -> dict:
+        if self.device == "CPU":
+            return {"cpu": cpu_model(), "isa": sorted(cpu_flags() & set(ISA_FLAGS))}
+        return {"ov_device": self.device, "full_name": self._core().get_property(self.device, "FULL_DEVICE_NAME")}
+
+    def binding(self) -> dict:
+        b = {"backend": self.name, "device": self.device,
+             "versions": {"openvino": self.versions().get("openvino", "?").split("-")[0]}}
+        if self.device == "CPU" and self.resolved_precision() == "bf16":
+            b["cpu_bf16"] = True     # the gated numbers were bf16: a CPU without it computes otherwise
+        if self.device != "CPU":
+            b["full_name"] = self.host().get("full_name")
+        return b
+
+    def _core(self):
+        import openvino as ov
+
+        if not hasattr(self, "_ov_core"):
+            self._ov_core = ov.Core()
+            if self.device not in self._ov_core.available_devices:
+                raise EdgegenError(f"OpenVINO has no {self.device} device here (available: "
+                                   f"{', '.join(self._ov_core.available_devices)})")
+        return self._ov_core
+
+    def _config(self, cache_dir: Path | None) -> dict:
+        cfg = {"INFERENCE_PRECISION_HINT": _HINT[self.resolved_precision()], "PERFORMANCE_HINT": "LATENCY"}
+        if self.threads and self.device == "CPU":
+            cfg["INFERENCE_NUM_THREADS"] = self.threads
+        if cache_dir is not None:
+            cfg["CACHE_DIR"] = str(cache_dir)
+        return cfg
+
+    def _model(self, spec: ComponentSpec, graph: Path):
+        from .paths import check_graph
+
+        check_graph(spec.root, graph)
+        model = self._core().read_model(str(graph))
+        if is_static(spec.io):
+            sizes = {n: d.min for n, d in spec.io.dims.items()}
+            model.reshape({t.name: list(t.resolve(sizes)) for t in spec.io.inputs})
+        elif self.device == "NPU":
+            raise EdgegenError(f"{spec.name}: OpenVINO's NPU needs static shapes; compile with fixed "
+                               f"--height, --width and --batch")
+        return model
+
+    def build(self, spec: ComponentSpec, out_dir: Path, cache_key: str) -> Built:
+        import openvino as ov
+
+        out_dir.mkdir(parents=True, exist_ok=True)
+        model = self._model(spec, spec.graph)
+        # The IR keeps the graph's own weights (no fp16 compression): precision is the hint's job.
+        ov.save_model(model, str(out_dir / "model.xml"), compress_to_fp16=False)
+        cache = out_dir / f"ov-cache-{cache_key}"
+        cache.mkdir()
+        # Compiling once with CACHE_DIR writes the blob the runtime imports instead of recompiling.
+        self._check_precision(self._core().compile_model(self._core().read_model(str(out_dir / "model.xml")),
+                                                         self.device, self._config(cache)))
+        files = sorted(p for p in out_dir.rglob("*") if p.is_file())
+        return Built(graph="model.xml", files=[str(p.relative_to(out_dir)) for p in files],
+                     info={"ir": "model.xml", "cache_dir": cache.name})
+
+    def load(self, spec: ComponentSpec):
+        cache = None
+        if spec.compiled and spec.compiled.get("cache_dir"):
+            cache = spec.graph.parent / spec.compiled["cache_dir"]
+        model = self._model(spec, spec.graph)
+        try:
+            compiled = self._core().compile_model(model, self.device, self._config(cache))
+        except RuntimeError as e:
+            raise EdgegenError(f"{spec.name}: OpenVINO cannot compile it on {self.device}: "
+                               f"{str(e).strip().splitlines()[0][:300]}") from None
+        self._check_precision(compiled)
+        return OvComponent(spec.name, compiled, spec.io)
+
+    def _check_precision(self, compiled) -> None:
+        # OpenVINO quietly computes in f32 when the device has no bf16/f16 kernels: refuse
+        # instead, so an artifact never runs in a precision other than the one it was gated in.
+        got = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
+        want = _HINT[self.resolved_precision()]
+        if got != want:
+            raise EdgegenError(f"OpenVINO on {self.device} computes in {got} here, not {want} "
+                               f"(the device lacks {want} support); use precision {got}")
+
+
+BACKEND = OpenVinoBackend
