@@ -173,9 +173,10 @@ def main() -> None:
     for name, e in result["speed"].items():
         s = e.get("seconds_per_step")
         g = e.get("compile_gate")
+        gate = f"{g['psnr']:.1f} dB" if g else "-"
         lines.append(f"| {name} ({e.get('precision', '?')}) | {s or 'failed'} | "
                      f"{f'{base / s:.2f}x' if s and base else '-'} | {f'{peer / s:.2f}x' if s and peer else '-'} | "
-                     f"{e.get('rel_err_vs_ort_fp32', '-')} | {f'{g['psnr']:.1f} dB' if g else '-'} | "
+                     f"{e.get('rel_err_vs_ort_fp32', '-')} | {gate} | "
                      f"{e['peak_rss_gb']} |")
     lines += ["", f"CPU flags: {' '.join(result['cpu_flags'])}. Threads: {args.threads}. Batch 2 (CFG), "
               f"{args.latent}x{args.latent} latent ({args.latent * 8} px). Weights are seeded random (real architecture): speed and memory do not depend on weight "

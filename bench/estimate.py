@@ -30,8 +30,6 @@ artifacts only (the planner models the real architectures).
 """
 from __future__ import annotations
 
-import types
-
 from ..profiles.device import Profile
 from ..runtimes.errors import EdgegenError
 
@@ -51,27 +49,21 @@ def _dim_sizes(io, recipe: dict, height: int, width: int, batch: int) -> dict[st
 def count_flops(manifest: dict, height: int, width: int, cfg_batch: int) -> dict[str, float]:
     """FLOPs of one call of each runtime component (text encoders, denoiser, VAE decoder)."""
     try:
-        import diffusers
+        import diffusers  # noqa: F401  (the architecture is built with them)
         import torch
-        import transformers
+        import transformers  # noqa: F401
         from torch.utils.flop_counter import FlopCounterMode
     except ImportError:
         raise EdgegenError("--estimate counts FLOPs on the model's architecture and needs the export extras "
                            "(pip install 'edgegen[export]')") from None
     from ..export.arch import get_arch
     from ..export.families import get_family
+    from ..export.weights import build_random
 
     fam = get_family(manifest["family"])
-    tiny = manifest.get("size") == "tiny"
-    parts = {}
-    with torch.device("meta"):
-        for te in fam.text_encoders:
-            cls = getattr(transformers, te.model_class)
-            parts[te.component] = cls(cls.config_class(**(te.tiny if tiny else te.config))).eval()
-        for m in (fam.denoiser, fam.vae):
-            parts[m.component] = getattr(diffusers, m.cls).from_config(m.get(tiny)).eval()
+    pipe = build_random(fam, manifest.get("size") == "tiny", 0, device="meta")
     recipe = manifest["pipeline"]
-    comps = {c.name: c for c in get_arch(fam.arch).components(fam, types.SimpleNamespace(**parts), fam.resolution)}
+    comps = {c.name: c for c in get_arch(fam.arch).components(fam, pipe, fam.resolution)}
     wanted = [te["component"] for te in recipe["text_encoders"]] + [recipe["denoiser"], recipe["vae_decoder"]]
     dtypes = {"float32": torch.float32, "float16": torch.float32, "int64": torch.int64, "int32": torch.int32}
     out = {}
@@ -108,24 +100,35 @@ def component_precisions(manifest: dict) -> dict[str, str]:
     return {n: c.get("precision", "fp32") for n, c in manifest["components"].items()}
 
 
-def estimate(manifest: dict, profile: Profile, steps: int, height: int, width: int, guidance: float) -> dict:
+def _weight_only_compute(prec: str, profile: Profile) -> str | None:
+    """A device without math in `prec` runs such weights weight-only: dequantized into its 16-bit
+    (else fp32) units. Memory traffic still counts the small weights."""
+    if prec in ("int4", "fp4", "fp8", "int8", "int8-weights", "bf16"):
+        return next((p for p in ("fp16", "bf16", "fp32") if p in profile.peak_tflops), None)
+    return None
+
+
+def estimate(manifest: dict, profile: Profile, steps: int, height: int, width: int, guidance: float,
+             flops: dict[str, float] | None = None) -> dict:
+    """`flops` (count_flops' result) may be passed in: it depends on the architecture and size only."""
     r = manifest["pipeline"]
     cfg = r["guidance"] == "cfg" and guidance > 1.0
     precisions = component_precisions(manifest)
-    flops = count_flops(manifest, height, width, 2 if cfg else 1)
+    flops = flops or count_flops(manifest, height, width, 2 if cfg else 1)
     te_calls = 1 if not cfg or r.get("force_zeros_for_empty_prompt") else 2
     calls = {**{te["component"]: te_calls for te in r["text_encoders"]}, r["denoiser"]: steps, r["vae_decoder"]: 1}
     stages, total = {}, 0.0
     for name, n in calls.items():
         prec = precisions.get(name, "fp32")
-        if prec not in profile.peak_tflops:
+        compute = prec if prec in profile.peak_tflops else _weight_only_compute(prec, profile)
+        if compute is None:
             raise EdgegenError(f"{profile.name} gives no peak throughput for {prec} ({name}); "
                                f"it has {', '.join(profile.peak_tflops)}")
-        peak = profile.peak_tflops[prec] * 1e12
+        peak = profile.peak_tflops[compute] * 1e12
         wbytes = sum(f["bytes"] for f in manifest["components"][name]["files"].values())
         t_compute, t_memory = flops[name] / peak, wbytes / (profile.bandwidth_gbs * 1e9)
         per_call = max(t_compute, t_memory)
-        stages[name] = {"calls": n, "precision": prec, "flops_per_call": flops[name], "weight_bytes": wbytes,
+        stages[name] = {"calls": n, "precision": prec, "compute_precision": compute, "flops_per_call": flops[name], "weight_bytes": wbytes,
                         "compute_seconds_per_call": t_compute, "memory_seconds_per_call": t_memory,
                         "bound": "compute" if t_compute >= t_memory else "memory",
                         "seconds_per_call": per_call, "seconds": n * per_call}

@@ -335,9 +335,39 @@ def measure(art, profile, host, baseline, runs, warmup, steps, height, width, ve
     return out
 
 
+def _device_bench(profile, families, artifacts, steps, as_json, report, *unused) -> None:
+    from . import device_bench as db
+
+    given = [flag for value, flag in unused if value]
+    if given:
+        raise EdgegenError(f"{given[0]} needs an ARTIFACT; without one, bench compares families on --device")
+    if steps is not None and steps < 1:
+        raise EdgegenError(f"--steps must be >= 1, got {steps}")
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        raise EdgegenError("benchmarking a device across families builds each architecture to count its FLOPs: "
+                           "pip install 'edgegen[export]'") from None
+    from rich.console import Console
+
+    with Console(stderr=True).status("planning") as status:
+        result = db.device_bench(profile, list(families) or None, artifacts, steps, say=status.update)
+    if report:
+        paths = db.write_report(result, report)
+        click.echo(f"wrote {', '.join(str(p) for p in paths)}", err=True)
+    if as_json:
+        click.echo(json.dumps(result, indent=1, default=str))
+    else:
+        db.print_table(result)
+
+
 @click.command("bench")
-@click.argument("artifact", type=click.Path(path_type=Path))
-@click.option("--device", "device", help="Device profile of this host (see `edgegen profiles`).")
+@click.argument("artifact", type=click.Path(path_type=Path), required=False)
+@click.option("--device", "device", help="Device profile of this host (see `edgegen profiles`); without ARTIFACT, "
+                                        "the device to benchmark across families.")
+@click.option("--family", "families", multiple=True, help="Without ARTIFACT: only these families (repeatable).")
+@click.option("--artifacts", type=click.Path(path_type=Path),
+              help="Without ARTIFACT: a folder of full-size artifacts to measure where this host is the device.")
 @click.option("--baseline", type=click.Choice(BASELINES), help="Also run the same model this way, in its own process.")
 @click.option("--runs", type=int, default=3, show_default=True, help="Measured generations.")
 @click.option("--warmup", type=int, default=1, show_default=True, help="Unmeasured generations first.")
@@ -352,9 +382,12 @@ def measure(art, profile, host, baseline, runs, warmup, steps, height, width, ve
 @click.option("--interleave", is_flag=True,
               help="With --baseline: keep both loaded and alternate their runs (fairer ratios on a busy host; "
                    "needs the memory of both at once).")
-def bench_cmd(artifact, device, baseline, runs, warmup, steps, height, width, as_json, report, estimate, no_verify,
-              interleave):
-    """Measure ARTIFACT on this host: per-stage latency, end to end, peak memory."""
+def bench_cmd(artifact, device, families, artifacts, baseline, runs, warmup, steps, height, width, as_json, report,
+              estimate, no_verify, interleave):
+    """Measure ARTIFACT on this host: per-stage latency, end to end, peak memory.
+
+    Without ARTIFACT: the --device across every family (fit, plan, latency per stage and
+    per image; estimates where nothing can be measured here)."""
     from ..profiles.device import get_profile, load_profiles
     from ..runtimes.artifact import load_artifact
     from ..runtimes.pipeline import Pipeline
@@ -363,6 +396,12 @@ def bench_cmd(artifact, device, baseline, runs, warmup, steps, height, width, as
     if not device:
         raise EdgegenError(f"give --device (one of: {', '.join(load_profiles())})")
     profile = get_profile(device)
+    if artifact is None:
+        _device_bench(profile, families, artifacts, steps, as_json, report,
+                      (baseline, "--baseline"), (height, "--height"), (width, "--width"), (interleave, "--interleave"))
+        return
+    if families or artifacts:
+        raise EdgegenError("--family and --artifacts go with `edgegen bench --device D` without an ARTIFACT")
     if runs < 1 or warmup < 0:
         raise EdgegenError(f"need --runs >= 1 and --warmup >= 0, got {runs} and {warmup}")
     if steps is not None and steps < 1:

@@ -6,7 +6,7 @@ import platform
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
 
-from ..runtimes.host import cpu_model
+from edgegen.runtimes.host import cpu_model  # absolute: bench scripts import this file directly
 
 
 def describe() -> dict:

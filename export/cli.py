@@ -41,15 +41,20 @@ def main():
 @main.command("families")
 def families_cmd():
     """List the model families edgegen can export."""
-    from .families import families
+    from .families import ALIASES, families
 
     for fam in families().values():
-        click.echo(f"{fam.name:12s} {fam.description}")
+        click.echo(f"{fam.name:18s} {fam.description}")
+    click.echo("\naliases:")
+    for alias, targets in ALIASES.items():
+        more = f" ({' or '.join(targets[1:])} when --weights is one)" if len(targets) > 1 else ""
+        click.echo(f"{alias:18s} {targets[0]}{more}")
 
 
 @main.command("export")
 @click.argument("family")
-@click.option("--weights", help="Local diffusers folder, single-file .safetensors, or a hub id you have cached.")
+@click.option("--weights", help="Local diffusers folder, single-file .safetensors, or a hub id you have cached "
+                               "(default: the family's own hub id).")
 @click.option("--random-weights", is_flag=True, help="Real architecture with seeded random weights (speed/memory work).")
 @click.option("--tiny", is_flag=True, help="Small config of the same classes (seconds, offline).")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Artifact folder to create.")
@@ -65,9 +70,12 @@ def export_cmd(family, weights, random_weights, tiny, out, force, seed, trust_pi
     With pass flags (--int8, --int4, --fp16, ...) the export is optimized in the same
     command, behind the same quality gate as `edgegen optimize`; only the optimized
     artifact is kept."""
-    from .families import get_family
+    from .families import choose_family, get_family
 
-    get_family(family)  # unknown family fails before anything heavy is imported
+    chosen = choose_family(family, weights)  # unknown family fails before anything heavy is imported
+    if chosen != family:
+        click.echo(f"{family}: exporting {chosen}", err=True)
+    family = chosen
     from ..runtimes.artifact import check_out_path
 
     check_out_path(out, force)
@@ -82,7 +90,7 @@ def export_cmd(family, weights, random_weights, tiny, out, force, seed, trust_pi
     from .exporter import export
     from .weights import resolve_source
 
-    source = resolve_source(weights, random_weights, tiny, seed, trust_pickle)
+    source = resolve_source(weights, random_weights, tiny, seed, trust_pickle, hub_id=get_family(family).hub_id)
     from rich.console import Console
 
     stage = None

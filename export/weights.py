@@ -36,9 +36,18 @@ class Source:
         return {"kind": self.kind, "path": self.path, "seed": self.seed if self.kind in ("tiny", "random") else None}
 
 
-def resolve_source(weights: str | None, random_weights: bool, tiny: bool, seed: int, trust_pickle: bool) -> Source:
-    """Turn CLI flags into a Source, refusing bad combinations before any work."""
+WAYS_FORWARD = ("give --weights PATH (a diffusers folder or .safetensors you have), --random-weights "
+                "(the real architecture with seeded random weights) or --tiny (a small config of the same classes)")
+
+
+def resolve_source(weights: str | None, random_weights: bool, tiny: bool, seed: int, trust_pickle: bool,
+                   hub_id: str | None = None) -> Source:
+    """Turn CLI flags into a Source, refusing bad combinations before any work. With none of the
+    three, the family's own hub id (`hub_id`) is tried: the user may have it cached."""
     chosen = [f for f, on in (("--weights", weights), ("--random-weights", random_weights), ("--tiny", tiny)) if on]
+    if not chosen and hub_id:
+        check_hub_cached(hub_id)
+        return Source("hub", hub_id, trust_pickle=trust_pickle)
     if len(chosen) != 1:
         raise EdgegenError("give exactly one of --weights PATH, --random-weights, --tiny")
     if tiny:
@@ -58,6 +67,39 @@ def resolve_source(weights: str | None, random_weights: bool, tiny: bool, seed: 
     if _HUB_ID.match(weights) and not weights.startswith("."):
         return Source("hub", weights, trust_pickle=trust_pickle)
     raise EdgegenError(f"--weights {weights}: no such file or folder")
+
+
+def check_hub_cached(hub_id: str) -> None:
+    """Offline, a hub id not in the local cache can only fail: say so before any heavy work."""
+    if os.environ.get("HF_HUB_OFFLINE") != "1":
+        return
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return
+    if not isinstance(try_to_load_from_cache(hub_id, "model_index.json"), str):
+        raise EdgegenError(f"{hub_id} is not in the Hugging Face cache and HF_HUB_OFFLINE=1 forbids downloading it; "
+                           + WAYS_FORWARD)
+
+
+def denoiser_config_of(weights: str, component: str) -> dict | None:
+    """The denoiser's config.json from a diffusers folder or a cached hub id (None if unknown)."""
+    p = Path(weights)
+    cfg = p / component / "config.json"
+    if not p.exists() and _HUB_ID.match(weights):
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            hit = try_to_load_from_cache(weights, f"{component}/config.json")
+            cfg = Path(hit) if isinstance(hit, str) else None
+        except ImportError:
+            cfg = None
+    if cfg is None or not cfg.is_file():
+        return None
+    try:
+        return json.loads(cfg.read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def _component_names(family: Family) -> list[str]:
@@ -148,22 +190,28 @@ def _load_tokenizer(folder: Path):
     return AutoTokenizer.from_pretrained(str(folder))
 
 
-def build_random(family: Family, tiny: bool, seed: int):
-    """The family's pipeline with seeded random weights (real configs, or tiny ones)."""
+def build_random(family: Family, tiny: bool, seed: int, device: str | None = None):
+    """The family's pipeline with seeded random weights (real configs, or tiny ones). With
+    device="meta" the models hold shapes only (no memory): what FLOP counts and recipes need."""
+    import contextlib
+
     import diffusers
     import torch
     import transformers
 
+    on = (lambda: torch.device(device)) if device else contextlib.nullcontext
     parts = {}
     with tempfile.TemporaryDirectory() as tmp:
         for i, te in enumerate(family.text_encoders):
             cls = getattr(transformers, te.model_class)
             torch.manual_seed(seed + i)
-            parts[te.component] = cls(cls.config_class(**(te.tiny if tiny else te.config))).eval()
+            with on():
+                parts[te.component] = cls(cls.config_class(**(te.tiny if tiny else te.config))).eval()
             parts[te.tokenizer] = _load_tokenizer(write_tokenizer(te, Path(tmp) / te.tokenizer))
     for k, m in enumerate((family.denoiser, family.vae)):
         torch.manual_seed(seed + 10 + k)
-        parts[m.component] = getattr(diffusers, m.cls).from_config(m.get(tiny)).eval()
+        with on():
+            parts[m.component] = getattr(diffusers, m.cls).from_config(m.get(tiny)).eval()
     parts["scheduler"] = getattr(diffusers, family.scheduler["_class_name"]).from_config(family.scheduler)
     return _assemble(family, parts)
 
@@ -191,8 +239,8 @@ def load_pipeline(family: Family, source: Source):
         try:
             pipe = cls.from_pretrained(source.path, local_files_only=os.environ.get("HF_HUB_OFFLINE") == "1", **extra)
         except Exception as e:  # the hub client raises many types; all mean "could not get it"
-            raise EdgegenError(f"could not load {source.path!r} from the Hugging Face hub or its cache "
-                               f"({type(e).__name__}); download it and pass the folder") from None
+            raise EdgegenError(f"could not load {source.path} from the Hugging Face hub or its cache "
+                               f"({type(e).__name__}); " + WAYS_FORWARD) from None
     problem = family.config_mismatch(dict(getattr(pipe, family.denoiser.component).config))
     if problem:
         raise EdgegenError(f"{source.path}: weights do not match family {family.name}: {problem}")

@@ -115,7 +115,9 @@ def test_export_bad_input(tmp_path, art):
     assert_user_error(run("export", "sd99", "--tiny", "--out", out), "unknown family", "sd15", "sdxl-turbo")
     assert_user_error(run("export", "sd15", "--weights", tmp_path / "missing", "--out", out), "no such file")
     assert_user_error(run("export", "sd15", "--tiny", "--out", art), "already exists")
-    assert_user_error(run("export", "sd15", "--out", out), "exactly one of")
+    assert_user_error(run("export", "sd15", "--tiny", "--random-weights", "--out", out), "exactly one of")
+    # no weight source: the family's hub id, which offline and uncached ends in one line
+    assert_user_error(run("export", "sd15", "--out", out), "not in the Hugging Face cache", "--random-weights")
     ckpt = tmp_path / "model.ckpt"
     ckpt.write_bytes(b"\x80\x04not really")
     assert_user_error(run("export", "sd15", "--weights", ckpt, "--out", out), "pickle", "--trust-pickle")
