@@ -335,6 +335,17 @@ def measure(art, profile, host, baseline, runs, warmup, steps, height, width, ve
     return out
 
 
+def _emit(result: dict, module, as_json: bool, report) -> None:
+    """Report files, then JSON or a table: `module` is the report module of the result's kind."""
+    if report:
+        paths = module.write_report(result, report)
+        click.echo(f"wrote {', '.join(str(p) for p in paths)}", err=True)
+    if as_json:
+        click.echo(json.dumps(result, indent=1, default=str))
+    else:
+        module.print_table(result)
+
+
 def _device_bench(profile, families, artifacts, steps, as_json, report, *unused) -> None:
     from . import device_bench as db
 
@@ -352,13 +363,7 @@ def _device_bench(profile, families, artifacts, steps, as_json, report, *unused)
 
     with Console(stderr=True).status("planning") as status:
         result = db.device_bench(profile, list(families) or None, artifacts, steps, say=status.update)
-    if report:
-        paths = db.write_report(result, report)
-        click.echo(f"wrote {', '.join(str(p) for p in paths)}", err=True)
-    if as_json:
-        click.echo(json.dumps(result, indent=1, default=str))
-    else:
-        db.print_table(result)
+    _emit(result, db, as_json, report)
 
 
 @click.command("bench")
@@ -454,10 +459,4 @@ def bench_cmd(artifact, device, families, artifacts, baseline, runs, warmup, ste
                            interleave)
         result = {**head, "kind": "measurement", **body,
                   "budget": {"device_memory_gib": profile.memory_gb, "usable_gib": round(profile.usable_gb, 3)}}
-    if report:
-        paths = rep.write_report(result, report)
-        click.echo(f"wrote {', '.join(str(p) for p in paths)}", err=True)
-    if as_json:
-        click.echo(json.dumps(result, indent=1, default=str))
-    else:
-        rep.print_table(result)
+    _emit(result, rep, as_json, report)
