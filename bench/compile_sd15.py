@@ -174,7 +174,7 @@ def main() -> None:
         s = e.get("seconds_per_step")
         g = e.get("compile_gate")
         gate = f"{g['psnr']:.1f} dB" if g else "-"
-        lines.append(f"| {name} ({e.get('precision', '?')}) | {s or 'failed'} | "
+        lines.append(f"| {name} ({e.get('precision') or e.get('backend', '?')}) | {s or 'failed'} | "
                      f"{f'{base / s:.2f}x' if s and base else '-'} | {f'{peer / s:.2f}x' if s and peer else '-'} | "
                      f"{e.get('rel_err_vs_ort_fp32', '-')} | {gate} | "
                      f"{e['peak_rss_gb']} |")

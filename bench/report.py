@@ -133,6 +133,20 @@ def print_table(result: dict) -> None:
         con.print(f"memory ratio edgegen/{base}: {result['ratios']['peak_memory']:.2f}")
     if result.get("image_psnr_db") is not None:
         con.print(f"edgegen vs {base} image PSNR: {result['image_psnr_db']:.1f} dB (same weights, latents, sampler)")
+    line = compile_line(result)
+    if line:
+        con.print(line)
+
+
+def compile_line(result: dict) -> str | None:
+    """Backend, compile time and compile gate of a compiled artifact's edgegen run."""
+    e = result.get("runtimes", {}).get("edgegen", {})
+    c = e.get("compile")
+    if not c:
+        return None
+    g = c.get("gate")
+    gate = f"compile gate PSNR {g['psnr']:.1f} dB vs the parent on onnxruntime CPU" if g else "compile gate skipped"
+    return f"{e.get('runtime')}: compiled for {c['target']} in {c['seconds']:.1f} s; {gate}"
 
 
 # -- report folder -----------------------------------------------------------------------
@@ -196,6 +210,8 @@ def markdown(result: dict, png_name: str | None) -> str:
         if result.get("image_psnr_db") is not None:
             lines.append(f"- edgegen and {base} images agree to {result['image_psnr_db']:.1f} dB PSNR "
                          "(same weights, initial latents and sampler)")
+        if compile_line(result):
+            lines.append(f"- {compile_line(result)}")
     if png_name:
         lines += ["", f"![chart]({png_name})"]
     return "\n".join(lines) + "\n"

@@ -10,6 +10,7 @@ its `target` section is written. Any failure removes the temporary folder: nothi
 from __future__ import annotations
 
 import copy
+import gc
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -201,6 +202,10 @@ def _gate(parent: Artifact, child: Artifact, traj, overrides: dict, precision: s
         child.manifest["components"][name]["gate"] = res
         if not res["passed"]:
             failures.append(f"{name} {res['failures'][0]}")
+    # Free this pipeline's compiled components before the end-to-end gate loads its own: two
+    # sets of a real-size UNet at once doubled the compile's peak memory.
+    pipe = comp = None
+    gc.collect()
     say("gate: end to end")
     e2e = end_to_end_gate(child, traj.gate_runs, traj.images, thr)
     child.manifest["target"]["gate"] = {"reference": "parent artifact on onnxruntime CPU", "end_to_end": e2e,

@@ -199,3 +199,13 @@ def test_gate_fails_a_backend_that_computes_something_else(variants, tmp_path):
     # the same configuration with the gate off is written, and marked as ungated
     m = compile_ok(src, tmp_path / "ungated", "--target", "openvino", "--no-gate")
     assert m["target"]["gate"] == {"skipped": True}
+
+
+def test_bench_reports_the_compiled_backend_and_compile_time(sd15_ov):
+    _, ov = sd15_ov
+    r = run_cli("bench", ov, "--device", "cpu-avx2", "--runs", 1, "--warmup", 0, "--steps", 2, "--json")
+    assert r.exit_code == 0, r.output
+    e = json.loads(r.stdout)["runtimes"]["edgegen"]
+    assert "openvino" in e["runtime"] and "compiled" in e["runtime"]
+    assert e["compile"]["target"] == "openvino" and e["compile"]["seconds"] > 0
+    assert e["compile"]["gate"]["passed"]
