@@ -100,6 +100,11 @@ def component_precisions(manifest: dict) -> dict[str, str]:
     return {n: c.get("precision", "fp32") for n, c in manifest["components"].items()}
 
 
+# edgegen's 4-bit passes are weight-only (MatMulNBits / int4 DequantizeLinear): the math runs in
+# the activations' 16-bit type whatever int4 tensor-core rate a profile lists.
+WEIGHT_ONLY = ("int4", "fp4", "int8-weights")
+
+
 def _weight_only_compute(prec: str, profile: Profile) -> str | None:
     """A device without math in `prec` runs such weights weight-only: dequantized into its 16-bit
     (else fp32) units. Memory traffic still counts the small weights."""
@@ -120,7 +125,7 @@ def estimate(manifest: dict, profile: Profile, steps: int, height: int, width: i
     stages, total = {}, 0.0
     for name, n in calls.items():
         prec = precisions.get(name, "fp32")
-        compute = prec if prec in profile.peak_tflops else _weight_only_compute(prec, profile)
+        compute = prec if prec in profile.peak_tflops and prec not in WEIGHT_ONLY else _weight_only_compute(prec, profile)
         if compute is None:
             raise EdgegenError(f"{profile.name} gives no peak throughput for {prec} ({name}); "
                                f"it has {', '.join(profile.peak_tflops)}")
