@@ -53,8 +53,9 @@ def make_session(graph: Path, device: str = "cpu", threads: int = 0, provider_op
 class OrtComponent:
     """A component graph with its IOSpec; checks feeds against the spec before running."""
 
-    def __init__(self, name: str, graph: Path, io: IOSpec, device: str = "cpu", threads: int = 0):
-        self.session = make_session(graph, device, threads)
+    def __init__(self, name: str, graph: Path, io: IOSpec, device: str = "cpu", threads: int = 0,
+                 root: Path | None = None):
+        self.session = make_session(graph, device, threads, root=root)
         self.name, self.io = name, io
 
     def __call__(self, **feeds: np.ndarray) -> dict[str, np.ndarray]:
@@ -92,11 +93,11 @@ class OrtCudaComponent:
     """CUDA EP through IO binding, inputs kept on the device across calls, optional CUDA graphs."""
 
     def __init__(self, name: str, graph: Path, io: IOSpec, threads: int = 0, device_id: int = 0,
-                 cuda_graph: bool = False):
+                 cuda_graph: bool = False, root: Path | None = None):
         opts = {"device_id": device_id}
         if cuda_graph:
             opts["enable_cuda_graph"] = 1
-        self.session = make_session(graph, "cuda", threads, opts)
+        self.session = make_session(graph, "cuda", threads, opts, root=root)
         self.name, self.io, self.device_id, self.cuda_graph = name, io, device_id, cuda_graph
         self._buckets: dict[tuple, _Bucket] = {}
 
@@ -152,8 +153,8 @@ class OnnxRuntimeBackend(Backend):
         if self.device == "cuda":
             cg = bool(self.options.get("cuda_graph", spec.static))
             return OrtCudaComponent(spec.name, spec.graph, spec.io, self.threads,
-                                    int(self.options.get("device_id", 0)), cg)
-        return OrtComponent(spec.name, spec.graph, spec.io, "cpu", self.threads)
+                                    int(self.options.get("device_id", 0)), cg, root=spec.root)
+        return OrtComponent(spec.name, spec.graph, spec.io, "cpu", self.threads, root=spec.root)
 
     def memory(self) -> dict:
         out = super().memory()

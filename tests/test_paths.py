@@ -340,3 +340,40 @@ def test_relative_root(art, monkeypatch, tmp_path):
     root, _ = art
     monkeypatch.chdir(tmp_path)
     load_artifact(os.path.relpath(root, tmp_path))
+
+
+# --- every backend refuses before it reads --------------------------------------------------------
+
+def _escapes(tmp_path):
+    """(label, root, graph) for a graph outside, external data outside, and a symlink out."""
+    root = tmp_path / "art"
+    (root / "m").mkdir(parents=True)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    save_external(add_model(), outside / "model.onnx", location="model.data")
+    cases = [("graph path", root, root / ".." / "outside" / "model.onnx")]
+    model = add_model()
+    save_external(model, root / "m/model.onnx", location="model.data")
+    set_location(model, "../../outside/model.data")
+    (root / "m/ext.onnx").write_bytes(model.SerializeToString())
+    cases.append(("external data", root, root / "m/ext.onnx"))
+    (root / "m/link.onnx").symlink_to(outside / "model.onnx")
+    cases.append(("symlink", root, root / "m/link.onnx"))
+    return cases
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino", "tensorrt", "tensorrt-rtx"])
+def test_every_backend_refuses_paths_outside(tmp_path, backend):
+    """Refused by the path check itself: no backend library is needed to get that far, so the
+    TensorRT backends (not installable here) are covered too."""
+    from edgegen.runtimes.backend import ComponentSpec, backend_class
+    from edgegen.runtimes.iospec import IOSpec
+
+    cls = backend_class(backend)
+    if backend == "openvino" and cls.missing():
+        pytest.skip(cls.missing())
+    be = cls()
+    io = IOSpec.from_dict(IO)
+    for label, root, graph in _escapes(tmp_path):
+        with pytest.raises(EdgegenError, match="resolves outside the artifact folder"):
+            be.load(ComponentSpec("m", graph, io, root))
