@@ -89,6 +89,11 @@ class Backend:
             return f"the {cls.name} backend needs {cls.library}: pip install 'edgegen[{cls.extra}]'"
         return None
 
+    def not_ready(self) -> str | None:
+        """Why this backend cannot run on its device here although the library imports (a CPU-only
+        build, no such device), or None. Checked before any work."""
+        return None
+
     def versions(self) -> dict[str, str]:
         return package_versions(self.library_packages())
 

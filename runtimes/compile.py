@@ -89,6 +89,9 @@ def compile_artifact(src: str | Path, target: str, out: str | Path, force: bool 
         raise EdgegenError(f"--target {target} is not available here: {why}")
     check_out_path(out, force)
     backend = cls(device=dev_name, precision=precision, options={**(options or {})})
+    why = backend.not_ready()
+    if why:
+        raise EdgegenError(f"--target {target} is not available here: {why}")
     if target == "cuda" and "cuda_graph" not in backend.options:
         backend.options["cuda_graph"] = prof.static
 

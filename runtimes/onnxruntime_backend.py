@@ -134,6 +134,15 @@ class OnnxRuntimeBackend(Backend):
     def library_packages(self) -> tuple[str, ...]:
         return ("onnxruntime", "onnxruntime_gpu")
 
+    def not_ready(self) -> str | None:
+        import onnxruntime as ort
+
+        want = PROVIDERS[self.device][0]
+        if want not in ort.get_available_providers():
+            return (f"this onnxruntime has no {want} (it has {', '.join(ort.get_available_providers())}): "
+                    f"pip install 'edgegen[{self.extra}]' (onnxruntime-gpu replaces onnxruntime)")
+        return None
+
     def host(self) -> dict:
         if self.device != "cuda":
             return {}

@@ -209,3 +209,14 @@ def test_bench_reports_the_compiled_backend_and_compile_time(sd15_ov):
     assert "openvino" in e["runtime"] and "compiled" in e["runtime"]
     assert e["compile"]["target"] == "openvino" and e["compile"]["seconds"] > 0
     assert e["compile"]["gate"]["passed"]
+
+
+def test_cuda_target_without_the_cuda_ep_fails_before_work(tiny_export, tmp_path):
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this onnxruntime has the CUDA EP; the refusal is for builds without it")
+    src, _ = tiny_export("sd15")
+    r = run_cli("compile", src, "--target", "cuda", "--device", "rtx4060", "--out", tmp_path / "out")
+    assert_user_error(r, "no CUDAExecutionProvider", "edgegen[cuda]")
+    _nothing_written(tmp_path)
