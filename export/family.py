@@ -67,13 +67,17 @@ class Family:
 
     def config_mismatch(self, denoiser_config: dict) -> str | None:
         """Describe how `denoiser_config` differs from this family (real or tiny), or None."""
+        found = []
         for ref in (self.denoiser.config, self.denoiser.tiny):
             diffs = [k for k in self.signature if denoiser_config.get(k) != ref.get(k)]
             if not diffs:
                 return None
-        k = diffs[0]
+            found.append((len(diffs), diffs[0], ref))
+        # Name the key and the expected value of the same reference (the closer one), so the two
+        # sides of the message always differ.
+        _, k, ref = min(found, key=lambda f: f[0])
         return (f"{self.denoiser.component}.{k} is {denoiser_config.get(k)!r}, "
-                f"family {self.name} expects {self.denoiser.config.get(k)!r}")
+                f"family {self.name} expects {ref.get(k)!r}")
 
     # Read by profiles/catalog (planner) for the U-Net families.
     @property

@@ -88,3 +88,15 @@ def test_bench_device_table_and_bad_combinations(tmp_path):
     assert_user_error(run_cli("bench", "--device", "rtx4060", "--baseline", "torch"), "--baseline needs an ARTIFACT")
     assert_user_error(run_cli("bench", "--device", "rtx4060", "--family", "dalle"), "unknown family 'dalle'")
     assert_user_error(run_cli("bench"), "give --device")
+
+
+def test_mismatch_message_names_both_sides_correctly():
+    """A config that differs from both the real and the tiny reference: the key and the expected
+    value come from the same reference, so the message never says 'is 64, expects 64'."""
+    fam = get_family("flux-schnell")
+    cfg = dict(fam.denoiser.config, guidance_embeds=True)   # real FLUX widths, dev's guidance
+    msg = fam.config_mismatch(cfg)
+    assert msg == "transformer.guidance_embeds is True, family flux-schnell expects False"
+    for name, f in families().items():
+        for ref in (f.denoiser.config, f.denoiser.tiny):
+            assert f.config_mismatch(ref) is None, name
