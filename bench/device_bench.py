@@ -76,6 +76,7 @@ def device_bench(profile, families: list[str] | None, artifacts: Path | None, st
                  say=lambda msg: None) -> dict:
     from ..export.families import families as all_families
     from ..profiles import planner
+    from ..runtimes.shape_profile import cfg_batch
     from .estimate import estimate
     from .host import detect, matches
 
@@ -105,8 +106,7 @@ def device_bench(profile, families: list[str] | None, artifacts: Path | None, st
             if art is not None and here:
                 row.update(_measured(art, profile, host, n, plan["height"], plan["width"], say))
             else:
-                r = man["pipeline"]
-                flops = _flops(man, plan["height"], plan["width"], 2 if r["guidance"] == "cfg" and d["guidance"] > 1.0 else 1)
+                flops = _flops(man, plan["height"], plan["width"], cfg_batch(man["pipeline"]))
                 est = estimate(man, profile, n, plan["height"], plan["width"], d["guidance"], flops)
                 row.update(source="estimate", seconds_per_image=est["end_to_end_seconds"],
                            stages={k: v["seconds"] for k, v in est["stages"].items()},

@@ -38,11 +38,9 @@ LABEL = "ESTIMATE: roofline bound from the device profile; nothing was measured"
 
 
 def _dim_sizes(io, recipe: dict, height: int, width: int, batch: int) -> dict[str, int]:
-    s = recipe["vae_scale_factor"]
-    lh, lw = height // s, width // s
-    patch = recipe.get("patch", 1)
-    known = {"batch": batch, "latent_height": lh, "latent_width": lw, "height": height, "width": width,
-             "img_seq": (lh // patch) * (lw // patch)}
+    from ..runtimes.shape_profile import image_sizes
+
+    known = {"batch": batch, **image_sizes(recipe, height, width)}
     return {name: known.get(name, dim.opt) for name, dim in io.dims.items()}
 
 

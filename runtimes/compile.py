@@ -19,7 +19,7 @@ from .artifact import Artifact, check_out_path, digest_files, load_artifact, sav
 from .backend import TARGETS, ComponentSpec, backend_class, cache_key, proc_status_bytes
 from .capability import Device, check
 from .errors import EdgegenError
-from .shape_profile import ShapeProfile, component_ios, is_static, narrow_resolution
+from .shape_profile import IMAGE_DIMS, ShapeProfile, component_ios, is_static, narrow_resolution
 
 # Gate limits by the precision the compiled graph computes in, against the parent on ORT CPU.
 # f32 must agree with onnxruntime to rounding; 16-bit compute and a quantized parent (whose
@@ -40,15 +40,14 @@ def gate_limits(precision: str | None, component_precisions: list[str]) -> dict:
     return LIMITS["f32"]
 
 
-def _pinned_dims(traj, ios_wide: dict, roles: dict) -> dict[str, dict[str, int]]:
+def _pinned_dims(traj, ios_wide: dict) -> dict[str, dict[str, int]]:
     """Dims no image size decides (text length), at the values the parent's run fed."""
     out = {}
     for comp, feeds in traj.gate_inputs.items():
         if not feeds:
             continue
         sizes = ios_wide[comp].infer_sizes(feeds[0])
-        out[comp] = {d: v for d, v in sizes.items()
-                     if d not in ("batch", "height", "width", "latent_height", "latent_width", "img_seq")}
+        out[comp] = {d: v for d, v in sizes.items() if d != "batch" and d not in IMAGE_DIMS}
     return out
 
 
@@ -107,18 +106,18 @@ def compile_artifact(src: str | Path, target: str, out: str | Path, force: bool 
         except (EdgegenError, ValueError) as e:
             raise EdgegenError(f"cannot run the parent pipeline for gate data: {e}") from None
     if prof.static:
-        ios = component_ios(art.manifest, prof, roles, _pinned_dims(traj, ios, roles))
+        ios = component_ios(art.manifest, prof, roles, _pinned_dims(traj, ios))
 
     manifest = copy.deepcopy(art.manifest)
     manifest["pipeline"] = recipe
     manifest.pop("gate", None)
     rss0, t0 = proc_status_bytes("VmHWM"), time.time()
     with write_artifact(out, force) as tmp:
-        comp_keys = {}
+        comp_keys, binding, options = {}, backend.binding(), backend.build_options()
         for name, comp in art.components.items():
             spec = ComponentSpec(name, art.graph_path(name), ios[name], art.root, None, is_static(ios[name]))
             digest = comp["files"][comp["graph"]]["sha256"]
-            key = cache_key(backend.binding(), backend.build_options(), ios[name].to_dict()["dims"], digest)
+            key = cache_key(binding, options, ios[name].to_dict()["dims"], digest)
             comp_keys[name] = key
             rec = manifest["components"][name]
             rec["io"] = ios[name].to_dict()
@@ -148,8 +147,8 @@ def compile_artifact(src: str | Path, target: str, out: str | Path, force: bool 
         peak = proc_status_bytes("VmHWM")
         manifest["target"] = {
             "target": target, "backend": backend.name, "versions": backend.versions(),
-            "options": backend.build_options(), "shape_profile": {**prof.to_dict(), "static": prof.static},
-            "binding": backend.binding(),
+            "options": options, "shape_profile": {**prof.to_dict(), "static": prof.static},
+            "binding": binding,
             "fingerprint": {"host": backend.host(), "graphs": {n: c["files"][c["graph"]]["sha256"]
                                                                 for n, c in art.components.items()}},
             "cache_keys": comp_keys, "device_profile": device,

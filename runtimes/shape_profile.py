@@ -83,20 +83,28 @@ def cfg_batch(recipe: dict) -> int:
     return 2 if recipe.get("guidance") == "cfg" and recipe["defaults"]["guidance"] > 1.0 else 1
 
 
+# Component dims an image size decides (batch aside); image_sizes says how.
+IMAGE_DIMS = ("height", "width", "latent_height", "latent_width", "img_seq")
+
+
+def image_sizes(recipe: dict, height: int | None, width: int | None) -> dict[str, int]:
+    """The image-derived dims at one image size: pixels, latent grid, packed token count."""
+    scale, patch = recipe["vae_scale_factor"], recipe.get("patch", 1)
+    out = {}
+    if height is not None:
+        out.update(height=height, latent_height=height // scale)
+    if width is not None:
+        out.update(width=width, latent_width=width // scale)
+    if height is not None and width is not None:
+        out["img_seq"] = (height // scale // patch) * (width // scale // patch)
+    return out
+
+
 def _image_dims(recipe: dict, role: str, prof: ShapeProfile) -> dict[str, Range]:
     """Wanted range of each image-derived dim a component may have, keyed by dim name."""
-    scale, patch = recipe["vae_scale_factor"], recipe.get("patch", 1)
-    out: dict[str, Range] = {}
     h, w = prof.height, prof.width
-    if h is not None:
-        out["height"] = h
-        out["latent_height"] = Range(h.min // scale, h.opt // scale, h.max // scale)
-    if w is not None:
-        out["width"] = w
-        out["latent_width"] = Range(w.min // scale, w.opt // scale, w.max // scale)
-    if h is not None and w is not None:
-        f = scale * patch
-        out["img_seq"] = Range((h.min // f) * (w.min // f), (h.opt // f) * (w.opt // f), (h.max // f) * (w.max // f))
+    ends = [image_sizes(recipe, getattr(h, e, None), getattr(w, e, None)) for e in ("min", "opt", "max")]
+    out: dict[str, Range] = {d: Range(*(s[d] for s in ends)) for d in ends[0]}
     b = prof.batch
     if b is not None:
         if role == "denoiser":
