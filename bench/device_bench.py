@@ -80,10 +80,10 @@ def device_bench(profile, families: list[str] | None, artifacts: Path | None, st
     from .estimate import estimate
     from .host import detect, matches
 
-    names = families or list(all_families())
-    unknown = [f for f in names if f not in all_families()]
-    if unknown:
-        raise EdgegenError(f"unknown family {unknown[0]!r}; known: {', '.join(all_families())}")
+    from ..export.families import get_family
+
+    # get_family: aliases work, unknown and closed names fail in one line.
+    names = [get_family(f).name for f in families] if families else list(all_families())
     found = find_artifacts(artifacts)
     host = detect()
     here = matches(profile, host)

@@ -68,7 +68,10 @@ def count_flops(manifest: dict, height: int, width: int, cfg_batch: int) -> dict
     for name in wanted:
         c = comps[name]
         sizes = _dim_sizes(c.io, recipe, height, width, cfg_batch if name == recipe["denoiser"] else 1)
-        feeds = [torch.zeros(t.resolve(sizes), dtype=dtypes[t.dtype], device="meta") for t in c.io.inputs]
+        # A text attention mask is left out (None): it changes no FLOPs, and some encoders (UMT5) test
+        # it for all-ones with .item(), which a meta tensor cannot answer.
+        feeds = [None if t.name == "attention_mask" else
+                 torch.zeros(t.resolve(sizes), dtype=dtypes[t.dtype], device="meta") for t in c.io.inputs]
         counter = FlopCounterMode(display=False)
         with torch.no_grad(), counter:
             c.module(*feeds)

@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from ..optimize.commands import pass_options
+from .coreml_cli import coreml_options
 from ..runtimes.errors import EdgegenError
 
 
@@ -52,7 +53,7 @@ def families_cmd():
 
 
 @main.command("export")
-@click.argument("family")
+@click.argument("family", required=False)
 @click.option("--weights", help="Local diffusers folder, single-file .safetensors, or a hub id you have cached "
                                "(default: the family's own hub id).")
 @click.option("--random-weights", is_flag=True, help="Real architecture with seeded random weights (speed/memory work).")
@@ -63,22 +64,70 @@ def families_cmd():
 @click.option("--trust-pickle", is_flag=True, help="Allow .ckpt/.bin/.pt checkpoints (they can run code when loaded).")
 @click.option("--exporter", type=click.Choice(["torchscript", "dynamo"]), default=None,
               help="torch.onnx exporter (default: the family's).")
+@click.option("--height", type=int, help="Fixed image height in pixels (static graphs, with --width and --batch).")
+@click.option("--width", type=int, help="Fixed image width in pixels.")
+@click.option("--batch", help="Images per call: N (fixed) or MIN:MAX.")
+@click.option("--min-size", type=int, help="Smallest image side the graphs take (default: the family's).")
+@click.option("--max-size", type=int, help="Largest image side the graphs take (default: the family's, "
+                                             "within the model's own limit).")
 @pass_options
-def export_cmd(family, weights, random_weights, tiny, out, force, seed, trust_pickle, exporter, **kw):
+@coreml_options
+def export_cmd(family, weights, random_weights, tiny, out, force, seed, trust_pickle, exporter, height, width, batch,
+               min_size, max_size, **kw):
     """Export FAMILY's components to a validated ONNX artifact folder.
+
+    Without FAMILY, --weights must be a diffusers folder (or a cached hub id): the family is
+    inferred from its model_index.json and configs, and printed. Widths, depths and head counts
+    always come from the weights' own configs.
 
     With pass flags (--int8, --int4, --fp16, ...) the export is optimized in the same
     command, behind the same quality gate as `edgegen optimize`; only the optimized
-    artifact is kept."""
-    from .families import choose_family, get_family
+    artifact is kept.
 
+    With --target coreml the components become CoreML mlpackages, converted from PyTorch
+    (static shapes; --palettize/--int8-weights/--int4-weights compress behind a quality gate)."""
+    from .families import choose_family, get_family
+    from .sizes import SizeRequest
+
+    sizes = SizeRequest(height, width, batch, min_size, max_size)
+    sizes.check()
+    if family is None and (tiny or random_weights):
+        raise EdgegenError("--tiny and --random-weights build a family's own config: name the family "
+                           "(edgegen families lists them)")
     chosen = choose_family(family, weights)  # unknown family fails before anything heavy is imported
-    if chosen != family:
-        click.echo(f"{family}: exporting {chosen}", err=True)
+    if family is None:
+        from .families import families
+        from .families.infer import candidates, read_model
+
+        model = read_model(weights)     # None for a single file: diffusers' own rules named its type
+        others = candidates(model, families())[1:] if model else []
+        also = f" (same architecture: {', '.join(others)}; name one to use its defaults)" if others else ""
+        click.echo(f"{weights}: inferred family {chosen}{also}", err=True)
+    else:
+        if chosen != family:
+            click.echo(f"{family}: exporting {chosen}", err=True)
+        from .families import families
+        from .families.infer import check_named, read_model
+
+        model = read_model(weights) if weights else None
+        if model is not None:   # another architecture than the one named: one line, before any loading
+            check_named(get_family(chosen), model, families())
     family = chosen
     from ..runtimes.artifact import check_out_path
 
     check_out_path(out, force)
+    from .coreml_cli import take_coreml_options
+
+    coreml = take_coreml_options(kw, exporter)   # --target coreml: PyTorch -> mlpackages (export/coreml.py)
+    if coreml is not None:
+        from .coreml import import_coremltools, resolve_settings
+        from .coreml_cli import run_coreml_export
+        from .weights import resolve_source
+
+        settings = resolve_settings(**coreml)   # bad options fail before anything is loaded
+        import_coremltools()
+        source = resolve_source(weights, random_weights, tiny, seed, trust_pickle, hub_id=get_family(family).hub_id)
+        return run_coreml_export(family, source, out, force, sizes, settings)
     from ..optimize.commands import parse_pass_options
 
     opts = parse_pass_options(kw, required=False)  # bad pass flags fail before the export
@@ -105,7 +154,7 @@ def export_cmd(family, weights, random_weights, tiny, out, force, seed, trust_pi
                 status.update(msg)
 
             path = export(family, source, stage / "fp32" if stage else out, force=force, progress=progress,
-                          exporter=exporter)
+                          exporter=exporter, sizes=sizes)
         if stage:
             from ..optimize.commands import run_optimize
 
@@ -127,7 +176,17 @@ def export_cmd(family, weights, random_weights, tiny, out, force, seed, trust_pi
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--sampler", help="euler, euler_a, ddim, lcm, dpmpp_2m (default: the family's).")
 @click.option("--negative-prompt")
-@click.option("--latents", type=click.Path(path_type=Path), help="Initial noise as a .npy file (NCHW float32).")
+@click.option("--latents", type=click.Path(path_type=Path), help="Initial noise as a .npy file (NCHW float32); "
+                                                                   "with --image, the noise mixed into its latents.")
+@click.option("--image", "image_path", type=click.Path(path_type=Path),
+              help="Start from this image (img2img); --height/--width default to its size, rounded down to one "
+                   "the artifact takes.")
+@click.option("--mask", "mask_path", type=click.Path(path_type=Path),
+              help="Inpaint: white pixels of this image (same size as --image) are repainted, black ones kept. "
+                   "Needs an inpainting artifact (e.g. edgegen export sd15-inpaint).")
+@click.option("--strength", type=float,
+              help="How much of the schedule runs from --image, in (0, 1]: low keeps the image, 1 starts from "
+                   "noise [default: 0.8; 1.0 with --mask].")
 @click.option("--device", help="Backend device: cpu or cuda (onnxruntime), CPU/GPU/NPU (openvino); "
                                 "default: the compiled artifact's, else cpu.")
 @click.option("--backend", type=click.Choice(["onnxruntime", "openvino", "tensorrt", "tensorrt-rtx"]),
@@ -136,14 +195,15 @@ def export_cmd(family, weights, random_weights, tiny, out, force, seed, trust_pi
 @click.option("--out", type=click.Path(path_type=Path), default=Path("image.png"), show_default=True)
 @click.option("--force", is_flag=True, help="Overwrite --out if it exists.")
 def generate_cmd(artifact, prompt, steps, guidance, height, width, seed, sampler, negative_prompt, latents,
-                 device, backend, precision, out, force):
+                 image_path, mask_path, strength, device, backend, precision, out, force):
     """Generate an image from PROMPT with an exported ARTIFACT (no torch needed)."""
     import numpy as np
     from rich.progress import Progress
 
     from ..runtimes import Pipeline
     from ..runtimes.artifact import sha256_file
-    from ..runtimes.image import save_png
+    from ..runtimes.image import load_image, save_png
+    from ..runtimes.pipeline import IMG2IMG_STRENGTH, INPAINT_STRENGTH
 
     if out.exists() and not force:
         raise EdgegenError(f"{out} already exists; pass --force to overwrite it")
@@ -155,6 +215,8 @@ def generate_cmd(artifact, prompt, steps, guidance, height, width, seed, sampler
             noise = np.load(latents)
         except (OSError, ValueError) as e:
             raise EdgegenError(f"--latents {latents}: cannot read a .npy array ({e})") from None
+    init = None if image_path is None else load_image(image_path, "--image")
+    mask = None if mask_path is None else load_image(mask_path, "--mask")
     pipe = Pipeline.load(artifact, device=device, backend=backend, precision=precision)
     d = pipe.defaults
     steps = d["steps"] if steps is None else steps
@@ -162,9 +224,10 @@ def generate_cmd(artifact, prompt, steps, guidance, height, width, seed, sampler
     sampler = sampler or d["sampler"]
     with Progress(transient=True) as bar:
         task = bar.add_task("denoising", total=steps)
+        # img2img runs only the steps its strength keeps: the callback's n.
         image = pipe(prompt, steps=steps, guidance=guidance, height=height, width=width, seed=seed, sampler=sampler,
-                     latents=noise, negative_prompt=negative_prompt,
-                     callback=lambda i, n: bar.update(task, completed=i + 1))
+                     latents=noise, negative_prompt=negative_prompt, image=init, mask=mask, strength=strength,
+                     callback=lambda i, n: bar.update(task, completed=i + 1, total=n))
     meta = {"prompt": prompt, "seed": str(seed), "steps": str(steps), "guidance": str(guidance), "sampler": sampler,
             "family": pipe.artifact.family, "backend": pipe.backend.name, "artifact_sha256": sha256_file(pipe.artifact.root / "manifest.json"),
             "size": f"{image.shape[1]}x{image.shape[0]}"}
@@ -172,6 +235,11 @@ def generate_cmd(artifact, prompt, steps, guidance, height, width, seed, sampler
         meta["negative_prompt"] = negative_prompt
     if latents is not None:
         meta["latents"] = str(latents)
+    if init is not None:
+        default = INPAINT_STRENGTH if mask is not None else IMG2IMG_STRENGTH
+        meta["image"], meta["strength"] = str(image_path), str(default if strength is None else strength)
+    if mask is not None:
+        meta["mask"] = str(mask_path)
     save_png(image, out, meta)
     click.echo(f"wrote {out}")
 

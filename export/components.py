@@ -132,6 +132,9 @@ def base_recipe(kind: str, family, pipe, resolution: tuple[int, int, int], size_
         "latent_channels": vae_cfg.latent_channels,
         "scaling_factor": vae_cfg.scaling_factor,
         "shift_factor": getattr(vae_cfg, "shift_factor", None),
+        # Per-channel latent statistics (Playground v2.5's EDM VAE): decode z * std / scaling + mean.
+        "latents_mean": getattr(vae_cfg, "latents_mean", None),
+        "latents_std": getattr(vae_cfg, "latents_std", None),
         "guidance": family.guidance_mode,
         "defaults": {"sampler": family.sampler, "steps": family.steps, "guidance": family.guidance,
                      "height": resolution[1], "width": resolution[1]},

@@ -13,7 +13,10 @@ from ..runtimes.artifact import check_out_path, digest_files, save_manifest, wri
 from ..runtimes.errors import EdgegenError
 from .arch import get_arch
 from .families import get_family
+from .components import MAX_BATCH
 from .family import Family
+from .sizes import SizeRequest, narrow_export
+from .sizes import resolution as export_resolution
 from .weights import Source, load_pipeline
 
 
@@ -44,17 +47,24 @@ def _write_tokenizers(family: Family, pipe, root: Path) -> list[str]:
 
 
 def export(family_name: str, source: Source, out: str | Path, force: bool = False, progress=None,
-           exporter: str | None = None, pipe=None) -> Path:
+           exporter: str | None = None, pipe=None, sizes: SizeRequest | None = None) -> Path:
     family = get_family(family_name)
     out = Path(out)
     check_out_path(out, force)
+    sizes = sizes or SizeRequest()
+    sizes.check()
     say = progress or (lambda msg: None)
     started = time.time()
     say(f"loading {family.name} ({source.kind})")
     pipe = pipe if pipe is not None else load_pipeline(family, source)
-    resolution = family.tiny_resolution if source.tiny else family.resolution
     arch = get_arch(family.arch)
+    resolution = export_resolution(family.tiny_resolution if source.tiny else family.resolution,
+                                   arch.size_limits(pipe), sizes)
     comps = arch.components(family, pipe, resolution)
+    ios, recipe = narrow_export({c.name: c.io for c in comps}, arch.recipe(family, pipe, resolution), sizes,
+                                {te.component for te in family.text_encoders}, MAX_BATCH)
+    for comp in comps:
+        comp.io = ios[comp.name]
 
     from .onnx_export import export_component, validate_component
 
@@ -88,12 +98,13 @@ def export(family_name: str, source: Source, out: str | Path, force: bool = Fals
             "source": source.describe(),
             "size": "tiny" if source.tiny else "full",
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "pipeline": arch.recipe(family, pipe, resolution),
+            "pipeline": recipe,
             "scheduler": json.loads((tmp / "scheduler" / "scheduler_config.json").read_text()),
             "components": components,
             "files": digest_files(tmp, misc),
             "passes": [{"name": "export", "version": 1,
                         "config": {"format": "onnx", "exporter": exporter or "per component", "precision": "fp32",
+                                   "sizes": sizes.to_dict(), "static": sizes.static,
                                    "seconds": round(time.time() - started, 1)}}],
             "tools": tool_versions(),
         }

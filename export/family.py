@@ -60,24 +60,8 @@ class Family:
     # input of the denoiser (LCM, FLUX-dev) and runs one batch; "none": guidance is ignored.
     guidance_mode: str = "cfg"
     force_zeros_for_empty_prompt: bool = False
-    # Denoiser config keys that identify the architecture; loaded weights must agree.
-    signature: tuple[str, ...] = ("in_channels", "cross_attention_dim", "time_cond_proj_dim", "addition_embed_type")
     exporter: str = "torchscript"   # see onnx_export.export_component
     extra: dict = field(default_factory=dict)
-
-    def config_mismatch(self, denoiser_config: dict) -> str | None:
-        """Describe how `denoiser_config` differs from this family (real or tiny), or None."""
-        found = []
-        for ref in (self.denoiser.config, self.denoiser.tiny):
-            diffs = [k for k in self.signature if denoiser_config.get(k) != ref.get(k)]
-            if not diffs:
-                return None
-            found.append((len(diffs), diffs[0], ref))
-        # Name the key and the expected value of the same reference (the closer one), so the two
-        # sides of the message always differ.
-        _, k, ref = min(found, key=lambda f: f[0])
-        return (f"{self.denoiser.component}.{k} is {denoiser_config.get(k)!r}, "
-                f"family {self.name} expects {ref.get(k)!r}")
 
     # Read by profiles/catalog (planner) for the U-Net families.
     @property

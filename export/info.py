@@ -36,7 +36,11 @@ def summary(art: Artifact) -> dict:
         if "end_to_end" in gate else None
     t = m.get("target")
     target = None
-    if t:
+    if t and t.get("target") == "coreml":
+        from .coreml_info import target_summary
+
+        target = target_summary(t)
+    elif t:
         g = t.get("gate", {})
         target = {"target": t["target"], "backend": t["backend"], "versions": t["versions"], "options": t["options"],
                   "shape_profile": t["shape_profile"], "build_seconds": t["build"]["seconds"],
@@ -88,6 +92,11 @@ def render_info(art: Artifact) -> None:
         con.print(f"quality gate, end to end: {'passed' if e2e['passed'] else 'FAILED'}, image PSNR {e2e['psnr']:.2f} dB, "
                   f"SSIM {e2e['ssim']:.4f} (worst of {e2e['prompts']} prompts vs the parent)")
     tg = s["target"]
+    if tg and tg["target"] == "coreml":   # mlpackages: their own table replaces the ONNX one
+        from .coreml_info import render_target
+
+        render_target(con, tg)
+        return
     if tg:
         sp = tg["shape_profile"]
         shapes = "static" if sp.get("static") else ", ".join(f"{k} {v[0]}..{v[2]}" for k, v in sp.items()

@@ -18,21 +18,28 @@ ATOL = 1e-4
 RTOL = 1e-3
 # Above this, weights go to one external .data file (protobuf's limit is 2 GB).
 EXTERNAL_DATA_BYTES = 1 << 30
+# The float64 re-check of a miss (see _fp64_arbiter) holds the weights at 8 bytes each.
+FP64_ARBITER_BYTES = 8 << 30
 
 
 def _torch_dims(io: IOSpec) -> tuple:
     made = {}
     for name, d in io.dims.items():
+        if d.min == d.max:      # a fixed dim stays a constant in the graph (static exports)
+            continue
         if d.multiple > 1:
             base = torch.export.Dim(f"{name}_div{d.multiple}", min=d.min // d.multiple, max=d.max // d.multiple)
             made[name] = d.multiple * base
         else:
             made[name] = torch.export.Dim(name, min=d.min, max=d.max)
-    return tuple({i: made[s] for i, s in enumerate(t.shape) if isinstance(s, str)} or None for t in io.inputs)
+    return tuple({i: made[s] for i, s in enumerate(t.shape) if s in made} or None for t in io.inputs)
 
 
 def _dynamic_axes(io: IOSpec) -> dict[str, dict[int, str]]:
-    return {t.name: {i: str(s) for i, s in enumerate(t.shape) if isinstance(s, str)}
+    def fixed(expr: str) -> bool:   # an output dim such as "8*latent_height" is fixed when its dim is
+        return all(d.min == d.max for n, d in io.dims.items() if n in expr.replace("*", " ").replace("/", " ").split())
+
+    return {t.name: {i: str(s) for i, s in enumerate(t.shape) if isinstance(s, str) and not fixed(s)}
             for t in (*io.inputs, *io.outputs)}
 
 
@@ -81,8 +88,32 @@ def export_component(comp: Component, out_dir: Path, exporter: str = "torchscrip
 
 
 def validation_points(io: IOSpec) -> list[dict[str, int]]:
-    """Shapes other than the export shape: batch 1 between min and opt, and a bigger batch at min."""
-    return [io.sizes("mid", batch=1), io.sizes("min", batch=min(3, io.dims["batch"].max))]
+    """Shapes inside the declared ranges and, where a range allows, other than the export shape:
+    the smallest batch between min and opt, and a bigger batch at min (a static export has one)."""
+    b = io.dims["batch"]
+    points = [io.sizes("mid", batch=b.min), io.sizes("min", batch=min(3, b.max))]
+    return [p for k, p in enumerate(points) if p not in points[:k]]
+
+
+def _fp64_arbiter(comp: Component, io: IOSpec, feeds: dict, spec, got: np.ndarray, ref32: np.ndarray) -> dict:
+    """On a miss, ask PyTorch in float64 which side is right. Long fp32 reductions can be the
+    inaccurate side: DC-AE's ReLU linear attention sums ~1e5 positions at 640 px, where eager fp32
+    PyTorch is 0.58 off its own fp64 result while onnxruntime's fused graph is 3e-5 off it. The
+    graph passes only if it is within tolerance of the fp64 result."""
+    k = io.output_names.index(spec.name)
+    if comp.params * 8 > FP64_ARBITER_BYTES:
+        return {"max_abs_err_fp64": float("inf")}   # too big to hold in float64 here: the fp32 verdict stands
+    try:
+        with torch.no_grad():
+            comp.module.double()
+            ref64 = comp.module(*(torch.from_numpy(feeds[n]).double() if feeds[n].dtype == np.float32
+                                  else torch.from_numpy(feeds[n]) for n in io.input_names))[k].numpy()
+    except (RuntimeError, TypeError):   # a module that cannot run in float64 keeps the fp32 verdict
+        return {"max_abs_err_fp64": float("inf")}
+    finally:
+        comp.module.float()   # float32 -> float64 -> float32 is exact: the weights are unchanged
+    return {"max_abs_err_fp64": float(np.abs(got.astype(np.float64) - ref64).max()),
+            "fp32_reference_err": float(np.abs(ref32.astype(np.float64) - ref64).max())}
 
 
 def validate_component(comp: Component, graph: Path, seed: int = 1) -> dict:
@@ -108,8 +139,11 @@ def validate_component(comp: Component, graph: Path, seed: int = 1) -> dict:
             err = float(np.abs(g.astype(np.float64) - r).max())
             scale = float(np.abs(r).max())
             tol = ATOL + RTOL * scale
-            checks.append({"output": spec.name, "sizes": sizes, "max_abs_err": err, "max_abs_ref": scale,
-                           "tolerance": tol, "passed": err <= tol})
+            check = {"output": spec.name, "sizes": sizes, "max_abs_err": err, "max_abs_ref": scale, "tolerance": tol}
+            if err > tol:
+                check.update(_fp64_arbiter(comp, io, feeds, spec, g, r))
+                err = check["max_abs_err_fp64"]
+            checks.append({**check, "passed": err <= tol})
             if err > tol:
                 raise EdgegenError(f"{comp.name}.{spec.name}: ONNX differs from PyTorch by {err:.3g} > {tol:.3g} at {sizes}")
     del sess

@@ -42,7 +42,7 @@ from __future__ import annotations
 import copy
 import importlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -447,12 +447,30 @@ def _depends_on_resolution(root: Path, manifest: dict, sampler: str, steps: int,
 
 
 def latent_spec(io: IOSpec) -> TensorSpec:
-    """The denoiser input that takes the latents: the one shaped like its first output."""
+    """The denoiser input that takes the latents: the one shaped like its first output. An
+    inpainting UNet's input differs from it only in taking more channels (latents, then mask and
+    masked-image latents); the sampler steps the latents alone, so that input comes back with
+    the output's shape (see `takes_extra_channels`)."""
     out = io.outputs[0]
     for t in io.inputs:
         if t.shape == out.shape:
             return t
+    for t in io.inputs:
+        if _extra_channels(t.shape, out.shape):
+            return replace(t, shape=out.shape)
     raise EdgegenError(f"cannot tell which denoiser input takes the latents ({', '.join(io.input_names)})")
+
+
+def _extra_channels(shape: tuple, out_shape: tuple) -> bool:
+    """Whether `shape` is NCHW `out_shape` with more (fixed) channels."""
+    return (len(shape) == len(out_shape) == 4 and shape[0] == out_shape[0] and shape[2:] == out_shape[2:]
+            and isinstance(shape[1], int) and isinstance(out_shape[1], int) and shape[1] > out_shape[1])
+
+
+def takes_extra_channels(io: IOSpec) -> bool:
+    """Whether the denoiser's latent input also carries conditioning channels (inpainting)."""
+    lat = latent_spec(io)
+    return next(t for t in io.inputs if t.name == lat.name).shape != lat.shape
 
 
 def _step_io(lat: TensorSpec, dims: dict, multistep: bool) -> IOSpec:
@@ -554,6 +572,12 @@ def add_sampler_graphs(artifact_dir: str | Path, manifest: dict | None = None,
                                              "draws_noise", "schedule", "depends_on_resolution", "latent_size",
                                              "timestep_scale")}
         want = denoise if denoise is not None else (k == 0 and int(steps) <= MAX_DENOISE_STEPS)
+        if want and takes_extra_channels(dio):
+            # The graph feeds the stepped latents straight into the denoiser; it has no mask inputs.
+            if denoise:
+                raise EdgegenError(f"no denoise graph for {denoiser}: it takes mask and masked-image channels "
+                                   "beside the latents (inpainting), which a denoise graph does not feed")
+            want = False
         if not want:
             continue
         use_cfg = cfg if cfg is not None else (recipe.get("guidance") == "cfg" and float(d["guidance"]) > 1.0)

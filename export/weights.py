@@ -18,7 +18,7 @@ from ..runtimes.errors import EdgegenError
 from .family import Family
 
 PICKLE_SUFFIXES = {".ckpt", ".bin", ".pt", ".pth", ".pkl"}
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,7 @@ def resolve_source(weights: str | None, random_weights: bool, tiny: bool, seed: 
         if p.suffix.lower() not in PICKLE_SUFFIXES | {".safetensors"}:
             raise EdgegenError(f"{p}: unsupported checkpoint type {p.suffix!r} (want .safetensors or a diffusers folder)")
         return Source("single-file", str(p), trust_pickle=trust_pickle)
-    if _HUB_ID.match(weights) and not weights.startswith("."):
+    if HUB_ID.match(weights) and not weights.startswith("."):
         return Source("hub", weights, trust_pickle=trust_pickle)
     raise EdgegenError(f"--weights {weights}: no such file or folder")
 
@@ -82,26 +82,6 @@ def check_hub_cached(hub_id: str) -> None:
                            + WAYS_FORWARD)
 
 
-def denoiser_config_of(weights: str, component: str) -> dict | None:
-    """The denoiser's config.json from a diffusers folder or a cached hub id (None if unknown)."""
-    p = Path(weights)
-    cfg = p / component / "config.json"
-    if not p.exists() and _HUB_ID.match(weights):
-        try:
-            from huggingface_hub import try_to_load_from_cache
-
-            hit = try_to_load_from_cache(weights, f"{component}/config.json")
-            cfg = Path(hit) if isinstance(hit, str) else None
-        except ImportError:
-            cfg = None
-    if cfg is None or not cfg.is_file():
-        return None
-    try:
-        return json.loads(cfg.read_text())
-    except (OSError, ValueError):
-        return None
-
-
 def _component_names(family: Family) -> list[str]:
     names = []
     for te in family.text_encoders:
@@ -114,11 +94,10 @@ def check_folder(family: Family, folder: Path, trust_pickle: bool) -> None:
     if not (folder / "model_index.json").is_file():
         raise EdgegenError(f"{folder} is not a diffusers folder: model_index.json is missing")
     # The architecture check comes first: "wrong model" says more than "missing text_encoder_2".
-    denoiser_config = folder / family.denoiser.component / "config.json"
-    if denoiser_config.is_file():
-        problem = family.config_mismatch(json.loads(denoiser_config.read_text()))
-        if problem:
-            raise EdgegenError(f"{folder}: weights do not match family {family.name}: {problem}")
+    from .families import families
+    from .families.infer import check_named, read_model
+
+    check_named(family, read_model(str(folder)), families())
     for name in _component_names(family):
         if not (folder / name).is_dir():
             raise EdgegenError(f"{folder} is missing component {name!r} (folder {folder / name})")
@@ -233,7 +212,7 @@ def load_pipeline(family: Family, source: Source):
             extra.pop("use_safetensors", None)
             try:
                 pipe = cls.from_single_file(source.path, config=str(config), local_files_only=True, **extra)
-            except (OSError, ValueError, KeyError, RuntimeError) as e:
+            except Exception as e:  # diffusers raises many types (SingleFileComponentError, KeyError, ...)
                 raise EdgegenError(f"{source.path}: not a {family.name} single-file checkpoint ({str(e).splitlines()[0][:200]})") from None
     else:
         try:
@@ -241,7 +220,8 @@ def load_pipeline(family: Family, source: Source):
         except Exception as e:  # the hub client raises many types; all mean "could not get it"
             raise EdgegenError(f"could not load {source.path} from the Hugging Face hub or its cache "
                                f"({type(e).__name__}); " + WAYS_FORWARD) from None
-    problem = family.config_mismatch(dict(getattr(pipe, family.denoiser.component).config))
-    if problem:
-        raise EdgegenError(f"{source.path}: weights do not match family {family.name}: {problem}")
+    from .families import families
+    from .families.infer import check_named, model_of_pipe
+
+    check_named(family, model_of_pipe(pipe, source.path), families())
     return pipe

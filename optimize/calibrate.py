@@ -68,6 +68,15 @@ def _normalise(art: Artifact, comp: str, feeds: dict) -> dict[str, np.ndarray]:
     return {t.name: np.array(feeds[t.name], dtype=t.dtype, copy=True) for t in io.inputs if t.name in feeds}
 
 
+def _inpaint_inputs(height: int, width: int, seed: int) -> dict[str, np.ndarray]:
+    """A smooth colour field with texture, and a centred rectangle to repaint (a quarter of the area)."""
+    yy, xx = np.mgrid[0:height, 0:width] / np.array([height, width])[:, None, None]
+    rgb = np.stack([xx, yy, (xx + yy) / 2], -1) * 200 + np.random.default_rng(seed).normal(0, 20, (height, width, 3))
+    mask = np.zeros((height, width, 3), np.uint8)
+    mask[height // 4:3 * height // 4, width // 4:3 * width // 4] = 255
+    return {"image": np.clip(rgb + 30, 0, 255).astype(np.uint8), "mask": mask}
+
+
 def collect(art: Artifact, calibration_prompts: int = 4, gate_prompts: int = 2, steps: int | None = None,
             size: int | None = None, max_samples: int = 32, say=lambda msg: None, width: int | None = None,
             batch: int = 1) -> Trajectories:
@@ -105,18 +114,20 @@ def collect(art: Artifact, calibration_prompts: int = 4, gate_prompts: int = 2, 
         say(f"{'gate' if gating else 'calibration'} trajectory {i + 1}/{len(prompts)}: {steps} steps")
         latents = np.random.default_rng(1000 + i).standard_normal(
             (1, recipe["latent_channels"], lh, lw)).astype(np.float32)
+        # An inpainting denoiser only runs with an image and a mask: give it a fixed synthetic pair.
+        extra = _inpaint_inputs(height, width, i) if pipe.inpainting() else {}
         if batch > 1:
             latents = np.repeat(latents, batch, axis=0)
-            image = pipe([prompt] * batch, steps=steps, seed=i, latents=latents)[0]
+            image = pipe([prompt] * batch, steps=steps, seed=i, latents=latents, **extra)[0]
         else:
-            image = pipe(prompt, steps=steps, seed=i, latents=latents)
+            image = pipe(prompt, steps=steps, seed=i, latents=latents, **extra)
         dec = sink["inputs"][recipe["vae_decoder"]][-1]
         decoded = pipe.component(recipe["vae_decoder"])(**dec)["image"]
         (decoded_gate if gating else decoded_calib).append(np.clip(decoded, -1, 1).astype(np.float32))
         if gating:
             images.append(image)
             runs.append({"prompt": [prompt] * batch if batch > 1 else prompt, "seed": i, "steps": steps,
-                         "latents": latents})
+                         "latents": latents, "inputs": extra})
 
     # Components the loop did not call (the VAE encoder, extra parts): derived inputs.
     for c in sorted(comps):

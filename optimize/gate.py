@@ -119,7 +119,7 @@ def end_to_end_gate(art: Artifact, runs: list[dict], ref_images: list[np.ndarray
     pipe = make_pipeline(art)
     ps, ss = [], []
     for run, ref in zip(runs, ref_images):
-        img = pipe(run["prompt"], steps=run["steps"], seed=run["seed"], latents=run["latents"])
+        img = pipe(run["prompt"], steps=run["steps"], seed=run["seed"], latents=run["latents"], **run.get("inputs", {}))
         if isinstance(run["prompt"], list):   # a fixed batch > 1: the copies are alike, judge the first
             img = img[0]
         ps.append(psnr(ref, img))

@@ -335,8 +335,8 @@ def plan_for_device(model_name: str, profile: Profile, height: int | None = None
 # -- the consumer-GPU table ---------------------------------------------------------------
 
 TABLE_ROWS = (8, 10, 12, 16, 20, 24, 32)
-TABLE_COLUMNS = {"sd35-medium": "SD3.5 Medium", "sdxl": "SDXL", "playground-v2.5": "Playground v2.5",
-                 "auraflow-v0.2": "AuraFlow v0.2", "sd35-large": "SD3.5 Large", "sd35-large-turbo": "SD3.5 Large Turbo",
+TABLE_COLUMNS = {"sd35-medium": "SD3.5 Medium", "sdxl": "SDXL", "playground-v25": "Playground v2.5",
+                 "auraflow": "AuraFlow v0.2", "sd35-large": "SD3.5 Large", "sd35-large-turbo": "SD3.5 Large Turbo",
                  "flux-dev": "FLUX.1 dev", "flux-schnell": "FLUX.1 schnell"}
 TABLE_MODELS = tuple(TABLE_COLUMNS)
 # A generic NVIDIA card of each size: Ada-like precisions, CUDA context reserve as in the rtx profiles.

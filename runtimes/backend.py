@@ -29,6 +29,7 @@ BACKENDS = {
     "openvino": "openvino_backend",
     "tensorrt": "tensorrt_backend",
     "tensorrt-rtx": "tensorrt_rtx_backend",
+    "coreml": "coreml_backend",   # artifacts of `edgegen export --target coreml` (predicts on macOS only)
 }
 # target -> (backend, default device)
 TARGETS = {

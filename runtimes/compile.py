@@ -19,7 +19,7 @@ from .artifact import Artifact, check_out_path, digest_files, load_artifact, sav
 from .backend import TARGETS, ComponentSpec, backend_class, cache_key, proc_status_bytes
 from .capability import Device, check
 from .errors import EdgegenError
-from .shape_profile import IMAGE_DIMS, ShapeProfile, component_ios, is_static, narrow_resolution
+from .shape_profile import IMAGE_DIMS, ShapeProfile, component_ios, is_static, narrow_resolution, recipe_profile
 
 # Gate limits by the precision the compiled graph computes in, against the parent on ORT CPU.
 # f32 must agree with onnxruntime to rounding; 16-bit compute and a quantized parent (whose
@@ -77,7 +77,9 @@ def compile_artifact(src: str | Path, target: str, out: str | Path, force: bool 
         dev = Device.from_profile(get_profile(device))
     else:
         dev = Device.this_host(target)
-    prof = ShapeProfile.parse(height, width, batch)
+    asked, parent = ShapeProfile.parse(height, width, batch), recipe_profile(art.manifest["pipeline"])
+    # What the user leaves out stays as the parent was exported (a static export compiles static).
+    prof = ShapeProfile(*(getattr(asked, k) or getattr(parent, k) for k in ("height", "width", "batch")))
     roles = art.roles()
     recipe = narrow_resolution(art.manifest["pipeline"], prof)
     ios = component_ios(art.manifest, prof, roles)    # a shape outside the exported range stops here

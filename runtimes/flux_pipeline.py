@@ -30,13 +30,15 @@ def image_ids(h: int, w: int) -> np.ndarray:
 
 
 class FluxPipeline(Pipeline):
+    round_kept_steps_down = False
+
     def check_guidance(self, guidance: float | None) -> float:
         if self.recipe["guidance"] == "none" and guidance:
             warnings.warn(f"this model takes no guidance; guidance={guidance} is ignored")
             return 0.0
         return super().check_guidance(guidance)
 
-    def denoise(self, prompts, negative_prompt, guidance, sched, latents, rng, callback) -> np.ndarray:
+    def denoise(self, prompts, negative_prompt, guidance, sched, latents, rng, callback, extra=()) -> np.ndarray:
         r = self.recipe
         pooled = hidden = None
         for te in r["text_encoders"]:
@@ -48,7 +50,7 @@ class FluxPipeline(Pipeline):
                  "img_ids": image_ids(h, w), "txt_ids": np.zeros((hidden.shape[1], 3), np.float32)}
         if "guidance" in self.artifact.io(r["denoiser"]).input_names:
             fixed["guidance"] = np.full(n, guidance, np.float32)
-        x = pack(latents * np.float32(sched.init_noise_sigma))
+        x = pack(latents)
         graph = self.denoise_graph(sched, False)
         if graph is not None:
             out = self._stage("denoise_graph", lambda **kw: {"latents": graph(rng=rng, **kw)}, {"latents": x, **fixed})

@@ -116,7 +116,8 @@ class IOSpec:
         """Where to trace: small (cheap) but never 0/1, which torch.export would bake in as constants."""
         out = {n: d.min if d.min >= 2 else d.opt for n, d in self.dims.items()}
         if "batch" in self.dims:
-            out["batch"] = min(2, self.dims["batch"].max)
+            b = self.dims["batch"]
+            out["batch"] = min(max(2, b.min), b.max)
         return out
 
     def example(self, sizes: dict[str, int], seed: int = 0) -> dict[str, np.ndarray]:

@@ -1,4 +1,4 @@
-"""The torch-free text-to-image pipeline: shared parts, and `Pipeline.load`.
+"""The torch-free text-to-image pipeline (and img2img, inpainting): shared parts, and `Pipeline.load`.
 
 Everything family-specific comes from the artifact's manifest ("pipeline" recipe);
 each architecture's denoising loop lives in its own file (unet_pipeline.py,
@@ -7,7 +7,9 @@ flux_pipeline.py, ...), chosen by the recipe's "kind".
 from __future__ import annotations
 
 import importlib
+import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -15,13 +17,24 @@ import numpy as np
 
 from .artifact import Artifact, load_artifact
 from .errors import EdgegenError
-from .image import to_uint8
+from .image import image_to_array, load_image, mask_to_array, nearest_resize, to_uint8
 from .backend import Backend, ComponentSpec, binding_differences, get_backend
 from .samplers import SAMPLERS, make_sampler
 from .shape_profile import is_static
 from .tokenizer import TextTokenizer
 
-KINDS = {"unet": "unet_pipeline", "flux": "flux_pipeline", "sd3": "sd3_pipeline", "sana": "sana_pipeline"}
+KINDS = {"unet": "unet_pipeline", "flux": "flux_pipeline", "sd3": "sd3_pipeline", "sana": "sana_pipeline",
+         "auraflow": "auraflow_pipeline"}
+IMG2IMG_STRENGTH = 0.8   # StableDiffusionImg2ImgPipeline's default
+INPAINT_STRENGTH = 1.0   # StableDiffusionInpaintPipeline's: start from pure noise
+
+
+@dataclass
+class ImageInput:
+    """A checked img2img / inpainting request."""
+    image: object           # PIL image
+    mask: object | None     # PIL image, same size; white repaints
+    strength: float
 
 
 def resolve_backend(art: Artifact, backend: str | None, device: str | None, precision: str | None,
@@ -61,6 +74,14 @@ def component_spec(art: Artifact, name: str) -> ComponentSpec:
 
 
 class Pipeline:
+    # Whether this kind's loop starts from an input image, and whether it feeds an inpainting
+    # denoiser's mask and masked-image channels.
+    image_input = True
+    mask_channels = False
+    # diffusers' get_timesteps: the SD pipelines keep int(steps * strength) steps; the FLUX and SD3
+    # ones skip int(steps - steps * strength).
+    round_kept_steps_down = True
+
     def __init__(self, artifact: Artifact, device: str | None = None, threads: int = 0, backend: str | None = None,
                  precision: str | None = None):
         self.artifact = artifact
@@ -131,20 +152,31 @@ class Pipeline:
     def check_size(self, height: int, width: int) -> tuple[int, int]:
         r = self.recipe
         step, (lo, hi), scale = r["size_multiple"], r["resolution"], r["vae_scale_factor"]
+        sides = r.get("sides", {})
         for side, value in (("height", height), ("width", width)):
             if value % 8 or value % step:
                 raise EdgegenError(f"{side} {value} is not a multiple of {max(step, 8)}")
-            if not lo <= value <= hi:
-                raise EdgegenError(f"{side} {value} is outside this artifact's range [{lo}, {hi}]")
+            s_lo, s_hi = sides.get(side, (lo, hi))
+            if not s_lo <= value <= s_hi:
+                what = f"fixed at {s_lo}" if s_lo == s_hi else f"range [{s_lo}, {s_hi}]"
+                raise EdgegenError(f"{side} {value} is outside this artifact's {what}")
         return height // scale, width // scale
 
     def __call__(self, prompt: str | list[str], steps: int | None = None, guidance: float | None = None,
                  height: int | None = None, width: int | None = None, seed: int = 0,
                  sampler: str | None = None, latents: np.ndarray | None = None,
-                 negative_prompt: str | list[str] | None = None, callback=None) -> np.ndarray:
+                 negative_prompt: str | list[str] | None = None, callback=None, image=None, mask=None,
+                 strength: float | None = None) -> np.ndarray:
         """Generate; returns HxWx3 uint8 for one prompt, NxHxWx3 for a list.
 
         `latents` is the initial noise, NCHW float32 at latent resolution (H/8, W/8).
+
+        `image` (a file path, PIL image or uint8 HxWx3 array) starts from that image (img2img):
+        its latents are noised to the point where `strength` (in (0, 1], default 0.8) of the
+        schedule remains, as diffusers' img2img pipelines do; `latents`, if given, is that noise.
+        Height and width default to the image's, rounded down to a size the artifact takes.
+        `mask` (same size as the image; white is repainted, black kept) inpaints, with an
+        inpainting denoiser; strength then defaults to 1.0 (pure noise).
         """
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         d = self.defaults
@@ -157,22 +189,41 @@ class Pipeline:
             raise EdgegenError(f"unknown sampler {sampler!r}; known: {', '.join(SAMPLERS)}")
         if not prompts:
             raise EdgegenError("no prompt given")
+        cond = self.image_inputs(image, mask, strength)
         n, c, scale = len(prompts), self.recipe["latent_channels"], self.recipe["vae_scale_factor"]
+        sized_by_image = False
         if latents is not None:
             latents = np.asarray(latents, dtype=np.float32)
             if latents.ndim != 4 or latents.shape[:2] != (n, c):
                 raise EdgegenError(f"latents must have shape ({n}, {c}, H/{scale}, W/{scale}), got {latents.shape}")
             height, width = latents.shape[2] * scale, latents.shape[3] * scale
-        lh, lw = self.check_size(height or d["height"], width or d["width"])
+        elif cond is not None and not (height and width):
+            # diffusers rounds down to the VAE factor; the exported graphs need their own multiple.
+            m, sized_by_image = math.lcm(8, self.recipe["size_multiple"]), True
+            height = height or cond.image.height - cond.image.height % m
+            width = width or cond.image.width - cond.image.width % m
+        try:
+            lh, lw = self.check_size(height or d["height"], width or d["width"])
+        except EdgegenError as e:
+            if not sized_by_image:
+                raise
+            raise EdgegenError(f"{e} (from the {cond.image.width}x{cond.image.height} input image; give a "
+                               "height and width to resize it to)") from None
         rng = np.random.default_rng(seed)
-        if latents is None:
+        if latents is None and cond is None:
             latents = rng.standard_normal((n, c, lh, lw)).astype(np.float32)
         try:
             sched = make_sampler(sampler, self.artifact.manifest["scheduler"])
             self.set_timesteps(sched, steps, lh, lw)
+            if cond is not None:
+                sched.set_strength(cond.strength, self.skipped_steps(steps, cond.strength))
         except ValueError as e:
             raise EdgegenError(str(e)) from None
-        latents = self.denoise(prompts, negative_prompt, guidance, sched, latents, rng, callback)
+        if cond is None:
+            start, extra = latents * np.float32(sched.init_noise_sigma), []
+        else:
+            start, extra = self.image_latents(cond, sched, (n, c, lh, lw), latents, rng)
+        latents = self.denoise(prompts, negative_prompt, guidance, sched, start, rng, callback, extra)
         image = self.decode(latents)
         return image[0] if isinstance(prompt, str) else image
 
@@ -192,13 +243,103 @@ class Pipeline:
         sigmas = np.linspace(1.0, 1 / steps, steps) if self.recipe.get("sigmas") == "linspace" else None
         sched.set_timesteps(steps, mu=sched.mu_for((lh // patch) * (lw // patch)), sigmas=sigmas)
 
-    def denoise(self, prompts, negative_prompt, guidance, sched, latents, rng, callback) -> np.ndarray:
+    def inpainting(self) -> bool:
+        """Whether the denoiser takes channels beside the latents (an inpainting UNet's mask and
+        masked-image latents): its latent input is wider than its output."""
+        io = self.artifact.io(self.recipe["denoiser"])
+        inp, out = io.inputs[0].shape, io.outputs[0].shape
+        return len(inp) == 4 and inp[1] != out[1]
+
+    def image_inputs(self, image, mask, strength) -> ImageInput | None:
+        """Check an img2img / inpainting request against the artifact; None for text-to-image."""
+        den, inpaint = self.recipe["denoiser"], self.inpainting()
+        if image is None and mask is not None:
+            raise EdgegenError("a mask needs the image it masks: give an input image too (--image)")
+        if inpaint and mask is None:
+            raise EdgegenError(f"this artifact's {den} is an inpainting one: it needs an input image and a mask "
+                               "(--image and --mask)")
+        if image is None:
+            if strength is not None:
+                raise EdgegenError("strength applies to an input image (--image), and none was given")
+            return None
+        if not self.image_input:
+            raise EdgegenError(f"this artifact's pipeline ({self.recipe['kind']}) takes no input image")
+        if self.recipe.get("vae_encoder") not in self.artifact.components:
+            raise EdgegenError("this artifact has no VAE encoder, which an input image needs; re-export it")
+        if inpaint:
+            c, width = self.recipe["latent_channels"], self.artifact.io(den).inputs[0].shape[1]
+            if not self.mask_channels or width != 2 * c + 1:
+                raise EdgegenError(f"this artifact's {den} takes {width} input channels; this runtime feeds "
+                                   f"{2 * c + 1} to a {self.recipe['kind']} inpainting denoiser (latents, mask, "
+                                   "masked-image latents)")
+        elif mask is not None:
+            raise EdgegenError(f"a mask needs an inpainting denoiser, and this artifact's {den} takes the latents "
+                               "alone (no mask or masked-image channels); export a 9-channel inpainting "
+                               "checkpoint, e.g. edgegen export sd15-inpaint (or sdxl-inpaint)")
+        strength = (INPAINT_STRENGTH if mask is not None else IMG2IMG_STRENGTH) if strength is None else float(strength)
+        if not 0 < strength <= 1:
+            raise EdgegenError(f"strength must be in (0, 1], got {strength}")
+        img = load_image(image, "image")
+        msk = None if mask is None else load_image(mask, "mask")
+        if msk is not None and msk.size != img.size:
+            raise EdgegenError(f"the mask is {msk.width}x{msk.height} but the image is {img.width}x{img.height}; "
+                               "they must be the same size")
+        return ImageInput(img, msk, strength)
+
+    def skipped_steps(self, steps: int, strength: float) -> int:
+        """How many leading steps of the schedule img2img skips (diffusers' get_timesteps)."""
+        if self.round_kept_steps_down:
+            return steps - min(int(steps * strength), steps)
+        return int(max(steps - steps * strength, 0))
+
+    def encode_image(self, pixels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Latents of a (1, 3, H, W) image in [-1, 1] as diffusers' pipelines take them: a sample of
+        the VAE's latent distribution (its noise drawn from `rng`), minus shift_factor, times
+        scaling_factor."""
+        r = self.recipe
+        out = self.run_component(r["vae_encoder"], image=pixels)
+        mean, logvar = out["latent_mean"], out["latent_logvar"]
+        z = mean + np.exp(np.float32(0.5) * logvar) * rng.standard_normal(mean.shape).astype(np.float32)
+        if r.get("shift_factor") is not None:
+            z = z - np.float32(r["shift_factor"])
+        stats = self.latent_stats()
+        if stats is not None:   # StableDiffusionXLImg2ImgPipeline: (z - mean) * scaling / std
+            return ((z - stats[0]) * np.float32(r["scaling_factor"]) / stats[1]).astype(np.float32)
+        return (z * np.float32(r["scaling_factor"])).astype(np.float32)
+
+    def image_latents(self, cond: ImageInput, sched, shape: tuple, noise: np.ndarray | None,
+                      rng: np.random.Generator) -> tuple[np.ndarray, list[np.ndarray]]:
+        """The starting latents from the input image, and the denoiser's channels beside them
+        (inpainting: mask, masked-image latents). Draws from `rng` in diffusers' order: the image's
+        VAE sample, the noise (unless given), the masked image's VAE sample."""
+        n, _, lh, lw = shape
+        h, w = lh * self.recipe["vae_scale_factor"], lw * self.recipe["vae_scale_factor"]
+        pixels = image_to_array(cond.image, h, w)
+        # Inpainting at full strength starts from pure noise, as diffusers does: the image then
+        # reaches the denoiser through the masked-image channels only.
+        pure = cond.mask is not None and cond.strength == 1.0
+        clean = None if pure else np.repeat(self.encode_image(pixels, rng), n, axis=0)
+        if noise is None:
+            noise = rng.standard_normal(shape).astype(np.float32)
+        start = noise * np.float32(sched.init_noise_sigma) if pure else sched.add_noise(clean, noise)
+        if cond.mask is None:
+            return start, []
+        mask = mask_to_array(cond.mask, h, w)
+        masked = self.encode_image(pixels * (mask < 0.5), rng)
+        return start, [np.repeat(nearest_resize(mask, lh, lw), n, axis=0), np.repeat(masked, n, axis=0)]
+
+    def denoise(self, prompts, negative_prompt, guidance, sched, latents, rng, callback, extra=()) -> np.ndarray:
+        """The loop: from `latents` (noise times init_noise_sigma, or the noised image latents) to
+        the latents to decode. `extra`: the denoiser's input channels after the latents (inpainting)."""
         raise NotImplementedError
 
     def denoise_graph(self, sched, cfg: bool):
         """The artifact's one-call denoise graph for this schedule, or None (absent, stale, other steps)."""
         from .graph_sampler import DenoiseGraph
 
+        # A late start (img2img) cuts the sampler's tables; the graph holds the whole schedule.
+        if getattr(sched, "begin_index", 0):
+            return None
         key = DenoiseGraph.match(self.artifact, sched, cfg) if self.use_denoise_graph else None
         if key is None:
             return None
@@ -217,9 +358,19 @@ class Pipeline:
 
         return self._stage("sampler", step, {"pred": pred, "latents": latents})["latents"]
 
-    def decode(self, latents: np.ndarray) -> np.ndarray:
+    def latent_stats(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """Per-channel (mean, std) of the VAE's latents, shaped (1, C, 1, 1), where its config has them."""
         r = self.recipe
-        z = latents / np.float32(r["scaling_factor"])
+        if r.get("latents_mean") is None or r.get("latents_std") is None:
+            return None
+        return tuple(np.asarray(r[k], np.float32).reshape(1, -1, 1, 1) for k in ("latents_mean", "latents_std"))
+
+    def decode(self, latents: np.ndarray) -> np.ndarray:
+        r, stats = self.recipe, self.latent_stats()
+        if stats is not None:   # StableDiffusionXLPipeline's order: z * std / scaling + mean
+            z = latents * stats[1] / np.float32(r["scaling_factor"]) + stats[0]
+        else:
+            z = latents / np.float32(r["scaling_factor"])
         if r.get("shift_factor") is not None:
             z = z + np.float32(r["shift_factor"])
-        return to_uint8(self.run_component(r["vae_decoder"], latent=z)["image"])
+        return to_uint8(self.run_component(r["vae_decoder"], latent=z.astype(np.float32))["image"])

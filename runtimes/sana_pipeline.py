@@ -20,6 +20,8 @@ def preprocess(prompts: list[str]) -> list[str]:
 
 
 class SanaPipeline(Pipeline):
+    image_input = False  # no diffusers img2img for SANA to match (SANA-Sprint's is not reproduced)
+
     def _text_tokenizers(self) -> tuple[TextTokenizer, TextTokenizer]:
         """(instruction-prefixed prompt tokenizer, plain max_sequence_length tokenizer), right-padded."""
         r = self.recipe
@@ -63,7 +65,7 @@ class SanaPipeline(Pipeline):
         _, plain = self._text_tokenizers()
         return self._gemma(plain, preprocess(negative))
 
-    def denoise(self, prompts, negative_prompt, guidance, sched, latents, rng, callback) -> np.ndarray:
+    def denoise(self, prompts, negative_prompt, guidance, sched, latents, rng, callback, extra=()) -> np.ndarray:
         r, n = self.recipe, len(prompts)
         cfg = r["guidance"] == "cfg" and guidance > 1.0
         hidden, mask = self.encode_prompt(prompts)
@@ -74,7 +76,6 @@ class SanaPipeline(Pipeline):
         fixed = {"encoder_hidden_states": hidden, "encoder_attention_mask": mask.astype(np.float32)}
         if r["guidance"] == "embedding":
             fixed["guidance"] = np.full(n, guidance * r["guidance_embeds_scale"], np.float32)
-        latents = (latents * np.float32(sched.init_noise_sigma)).astype(np.float32)
         for i in range(len(sched.timesteps)):
             x = np.concatenate([latents, latents]) if cfg else latents
             ts = np.full(x.shape[0], np.float32(sched.model_timestep(i)) * np.float32(r["timestep_scale"]), np.float32)

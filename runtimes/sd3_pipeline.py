@@ -7,6 +7,8 @@ from .pipeline import Pipeline
 
 
 class SD3Pipeline(Pipeline):
+    round_kept_steps_down = False
+
     def encode_prompt(self, prompts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """CLIP hidden states side by side, zero-padded to T5's width, then T5's tokens after them."""
         clip_hidden, pooled, t5 = [], [], None
@@ -21,7 +23,7 @@ class SD3Pipeline(Pipeline):
         clip = np.pad(clip, ((0, 0), (0, 0), (0, t5.shape[-1] - clip.shape[-1])))
         return np.concatenate([clip, t5], axis=1), np.concatenate(pooled, axis=-1)
 
-    def denoise(self, prompts, negative_prompt, guidance, sched, latents, rng, callback) -> np.ndarray:
+    def denoise(self, prompts, negative_prompt, guidance, sched, latents, rng, callback, extra=()) -> np.ndarray:
         r, n = self.recipe, len(prompts)
         cfg = r["guidance"] == "cfg" and guidance > 1.0
         hidden, pooled = self.encode_prompt(prompts)
@@ -29,7 +31,6 @@ class SD3Pipeline(Pipeline):
             neg = [negative_prompt] * n if isinstance(negative_prompt, str) else negative_prompt or [""] * n
             neg_hidden, neg_pooled = self.encode_prompt(neg)
             hidden, pooled = np.concatenate([neg_hidden, hidden]), np.concatenate([neg_pooled, pooled])
-        latents = latents * np.float32(sched.init_noise_sigma)
         for i in range(len(sched.timesteps)):
             x = np.concatenate([latents, latents]) if cfg else latents
             ts = np.full(x.shape[0], sched.model_timestep(i) * r["timestep_scale"], np.float32)

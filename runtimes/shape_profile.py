@@ -100,7 +100,7 @@ def image_sizes(recipe: dict, height: int | None, width: int | None) -> dict[str
     return out
 
 
-def _image_dims(recipe: dict, role: str, prof: ShapeProfile) -> dict[str, Range]:
+def image_dims(recipe: dict, role: str, prof: ShapeProfile) -> dict[str, Range]:
     """Wanted range of each image-derived dim a component may have, keyed by dim name."""
     h, w = prof.height, prof.width
     ends = [image_sizes(recipe, getattr(h, e, None), getattr(w, e, None)) for e in ("min", "opt", "max")]
@@ -143,7 +143,7 @@ def component_ios(manifest: dict, prof: ShapeProfile, roles: dict[str, str],
     out = {}
     for name, comp in manifest["components"].items():
         io = IOSpec.from_dict(comp["io"])
-        want = _image_dims(recipe, roles.get(name, "other"), prof)
+        want = image_dims(recipe, roles.get(name, "other"), prof)
         for dim, v in (fixed_other or {}).get(name, {}).items():
             want.setdefault(dim, Range(v, v, v))
         out[name] = narrow(io, want, name)
@@ -165,13 +165,26 @@ def narrow_resolution(recipe: dict, prof: ShapeProfile) -> dict:
                 raise EdgegenError(f"requested size {v} is not a multiple of {step}")
     if sides:
         r["resolution"] = [min(x.min for x in sides), max(x.max for x in sides)]
+        # Per side, so that a fixed 512x768 refuses 768x512 before any graph is run.
+        r["sides"] = {**r.get("sides", {}), **{k: [x.min, x.max] for k, x in (("height", prof.height),
+                                                                             ("width", prof.width)) if x is not None}}
         d = dict(r["defaults"])
         if prof.height is not None:
             d["height"] = prof.height.opt
         if prof.width is not None:
             d["width"] = prof.width.opt
         r["defaults"] = d
+    if prof.batch is not None:
+        r["batch"] = prof.batch.to_list()
     return r
+
+
+def recipe_profile(recipe: dict) -> ShapeProfile:
+    """The sizes a recipe was narrowed to (by a static or ranged export), as a profile that later
+    stages start from, so that a static export stays static through optimize and compile."""
+    sides, d = recipe.get("sides", {}), recipe["defaults"]
+    side = {k: Range(sides[k][0], d[k], sides[k][1]) if k in sides else None for k in ("height", "width")}
+    return ShapeProfile(side["height"], side["width"], Range(*recipe["batch"]) if "batch" in recipe else None)
 
 
 def is_static(io: IOSpec) -> bool:

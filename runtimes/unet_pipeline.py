@@ -21,6 +21,8 @@ def guidance_embedding(w: np.ndarray, dim: int) -> np.ndarray:
 
 
 class UnetPipeline(Pipeline):
+    mask_channels = True
+
     def encode_prompt(self, prompts: list[str]) -> tuple[np.ndarray, np.ndarray | None]:
         """Concatenated hidden states of all text encoders, and the pooled embedding if any."""
         hidden, pooled = [], None
@@ -58,21 +60,25 @@ class UnetPipeline(Pipeline):
             fixed["timestep_cond"] = guidance_embedding(np.full(batch, guidance - 1.0), dim)
         return fixed, cfg
 
-    def denoise(self, prompts, negative_prompt, guidance, sched, latents, rng, callback) -> np.ndarray:
+    def denoise(self, prompts, negative_prompt, guidance, sched, latents, rng, callback, extra=()) -> np.ndarray:
         r = self.recipe
         size = (latents.shape[2] * r["vae_scale_factor"], latents.shape[3] * r["vae_scale_factor"])
         fixed, cfg = self._conditioning(prompts, negative_prompt, guidance, size)
-        latents = latents * np.float32(sched.init_noise_sigma)
-        graph = self.denoise_graph(sched, cfg)
+        # The denoise graph feeds the latents alone to the UNet; an inpainting one takes more.
+        graph = None if len(extra) else self.denoise_graph(sched, cfg)
         if graph is not None:
             out = self._stage("denoise_graph", lambda **kw: {"latents": graph(
                 rng=rng, guidance_scale=guidance if cfg else None, **kw)}, {"latents": latents, **fixed})["latents"]
             if callback:
                 callback(len(sched.timesteps) - 1, len(sched.timesteps))
             return out
+        # Inpainting: mask and masked-image latents follow the scaled latents, as in diffusers.
+        extra = [np.concatenate([e, e]) if cfg else e for e in extra]
         for i, t in enumerate(sched.timesteps):
             x = np.concatenate([latents, latents]) if cfg else latents
             x = sched.scale_model_input(x, i)
+            if extra:
+                x = np.concatenate([x, *extra], axis=1)
             ts = np.full(x.shape[0], t, dtype=np.float32)
             pred = self.run_component(r["denoiser"], sample=x, timestep=ts, **fixed)["noise_pred"]
             latents = self.guided_step(sched, i, pred, latents, cfg, guidance, rng)

@@ -145,7 +145,7 @@ def test_export_from_diffusers_folder(sd15_folder, tiny_export, tmp_path):
 
 def test_export_folder_errors(sd15_folder, tmp_path):
     out = tmp_path / "o"
-    assert_user_error(run("export", "sdxl", "--weights", sd15_folder, "--out", out), "do not match family sdxl")
+    assert_user_error(run("export", "sdxl", "--weights", sd15_folder, "--out", out), "not sdxl", "try: edgegen export sd15")
     assert_user_error(run("export", "lcm-sd15", "--weights", sd15_folder, "--out", out), "time_cond_proj_dim")
     broken = tmp_path / "broken"
     shutil.copytree(sd15_folder, broken)

@@ -18,15 +18,14 @@ def test_every_alias_names_a_family_and_is_listed():
 
 
 def test_alias_lets_the_weights_decide(tmp_path):
-    dev = get_family("flux-dev")
-    (tmp_path / "transformer").mkdir()
-    (tmp_path / "transformer" / "config.json").write_text(json.dumps(dev.denoiser.tiny))
-    assert choose_family("flux", str(tmp_path)) == "flux-dev"
-    schnell = get_family("flux-schnell")
-    (tmp_path / "transformer" / "config.json").write_text(json.dumps(schnell.denoiser.tiny))
-    assert choose_family("flux", str(tmp_path)) == "flux-schnell"
+    from edgegen.export.weights import write_config_folder
+
+    write_config_folder(get_family("flux-dev"), tmp_path / "dev", tiny=True)
+    assert choose_family("flux", str(tmp_path / "dev")) == "flux-dev"
+    write_config_folder(get_family("flux-schnell"), tmp_path / "schnell", tiny=True)
+    assert choose_family("flux", str(tmp_path / "schnell")) == "flux-schnell"
     assert choose_family("flux") == "flux-schnell"
-    assert choose_family("sd3", str(tmp_path)) == "sd3-medium"
+    assert choose_family("sd3", str(tmp_path / "schnell")) == "sd3-medium"
 
 
 def test_export_flux_int8_by_alias_then_generate(tmp_path):
@@ -86,17 +85,22 @@ def test_bench_device_table_and_bad_combinations(tmp_path):
     assert r.exit_code == 0, r.output
     assert "sd15" in r.output and "estimate" in r.output
     assert_user_error(run_cli("bench", "--device", "rtx4060", "--baseline", "torch"), "--baseline needs an ARTIFACT")
-    assert_user_error(run_cli("bench", "--device", "rtx4060", "--family", "dalle"), "unknown family 'dalle'")
+    assert_user_error(run_cli("bench", "--device", "rtx4060", "--family", "dalle"), "weights are not public")
     assert_user_error(run_cli("bench"), "give --device")
 
 
 def test_mismatch_message_names_both_sides_correctly():
-    """A config that differs from both the real and the tiny reference: the key and the expected
-    value come from the same reference, so the message never says 'is 64, expects 64'."""
+    """Real FLUX widths with dev's guidance embedding, named as schnell: the message names the
+    feature, each side's value and the family that matches (never 'is 64, expects 64')."""
+    from edgegen.export.families.infer import ModelInfo, check_named, family_features
+    from edgegen.runtimes.errors import EdgegenError
+
     fam = get_family("flux-schnell")
-    cfg = dict(fam.denoiser.config, guidance_embeds=True)   # real FLUX widths, dev's guidance
-    msg = fam.config_mismatch(cfg)
-    assert msg == "transformer.guidance_embeds is True, family flux-schnell expects False"
+    cfg = dict(fam.denoiser.config, guidance_embeds=True)
+    model = ModelInfo("w", "FluxPipeline", fam.denoiser.cls, cfg, ("text_encoder", "text_encoder_2"), {})
+    with pytest.raises(EdgegenError) as e:
+        check_named(fam, model, families())
+    assert ("not flux-schnell: guidance embedding (time_cond_proj_dim / guidance_embeds): the weights have yes, "
+            "flux-schnell has no; try: edgegen export flux-dev") in str(e.value)
     for name, f in families().items():
-        for ref in (f.denoiser.config, f.denoiser.tiny):
-            assert f.config_mismatch(ref) is None, name
+        assert family_features(f) == family_features(f, tiny=True), name

@@ -4,15 +4,10 @@ import pytest
 
 from edgegen.runtimes import Pipeline
 from edgegen.runtimes.samplers import SAMPLERS
-from helpers import patch_randn
+from helpers import patch_randn, psnr
 
 FAMILIES = ["sd15", "sd21", "sd-turbo", "sdxl", "sdxl-turbo", "lcm-sd15", "flux-schnell", "flux-dev",
-            "sd3-medium", "sd35-medium", "sd35-large", "sd35-large-turbo"]
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
+            "sd3-medium", "sd35-medium", "sd35-large", "sd35-large-turbo", "playground-v25", "auraflow"]
 
 
 def diffusers_image(pipe, art, sampler, prompt, steps, guidance, latents, seed, monkeypatch):
@@ -57,6 +52,7 @@ def test_default_recipe_matches_diffusers(family, tiny_export, monkeypatch):
     ("sd15", "euler_a", 4.0),      # stochastic sampler under CFG
     ("sd21", "euler", 6.0),        # v-prediction with Euler
     ("sdxl", "ddim", 5.0),         # SDXL CFG: zeroed negative embeddings, pooled + time ids
+    ("playground-v25", "edm_euler", 3.0),   # EDM Euler with the VAE's latent statistics
 ])
 def test_other_samplers_match_diffusers(family, sampler, guidance, tiny_export, monkeypatch):
     art, pipe = tiny_export(family)

@@ -54,8 +54,8 @@ def test_cache_covers_every_model():
     ("flux-dev", "text_encoder_2", 4.70e9, 4.80e9),     # T5-XXL encoder 4.76B
     ("sd35-large", "transformer", 8.0e9, 8.2e9),        # 8.1B with its positional table
     ("sd35-medium", "transformer", 2.4e9, 2.55e9),      # 2.5B
-    ("auraflow-v0.2", "transformer", 6.7e9, 6.9e9),     # ~6.8B
-    ("playground-v2.5", "unet", 2.5e9, 2.6e9),          # SDXL's 2.57B UNet
+    ("auraflow", "transformer", 6.7e9, 6.9e9),     # ~6.8B
+    ("playground-v25", "unet", 2.5e9, 2.6e9),          # SDXL's 2.57B UNet
     ("sd35-medium", "text_encoder_2", 0.69e9, 0.70e9),  # OpenCLIP bigG with projection
 ])
 def test_catalog_parameter_counts(model, part, lo, hi):

@@ -39,6 +39,9 @@ CASES = [
     ("flow_dpm", {"flow_shift": 3.0}, 20, {}),
     ("scm", {}, 2, {}),
     ("scm", {}, 4, {"intermediate_timesteps": None}),
+    ("edm_euler", {}, 4, {}),
+    ("edm_dpmpp_2m", {"sigma_data": 0.5, "prediction_type": "epsilon"}, 25, {}),
+    ("edm_dpmpp_2m", {"prediction_type": "v_prediction"}, 3, {}),
 ]
 LATENT = TensorSpec("sample", "float32", ("batch", 4, "latent_height", "latent_width"))
 DIMS = {"batch": Dim("batch", 1, 2, 8), "latent_height": Dim("latent_height", 4, 8, 64),

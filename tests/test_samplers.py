@@ -12,8 +12,9 @@ import pytest
 from edgegen.runtimes.samplers import SAMPLERS, Sampler, make_sampler
 from helpers import assert_close, patch_randn
 
-# The DDPM-schedule samplers; the flow-matching ones are in test_flow_samplers.py.
-DDPM = {name: cls for name, cls in SAMPLERS.items() if not cls.flow_matching}
+# The DDPM-schedule samplers; the flow-matching ones are in test_flow_samplers.py, the EDM ones in
+# test_edm_samplers.py.
+DDPM = {name: cls for name, cls in SAMPLERS.items() if not cls.flow_matching and not cls.edm}
 REFERENCE = {name: cls.diffusers_class for name, cls in DDPM.items()}
 
 # runwayml/stable-diffusion-v1-5 scheduler_config.json (a PNDM config: the extra keys must be ignored).

@@ -11,6 +11,7 @@ from ...runtimes.iospec import Dim, IOSpec, TensorSpec
 from ..components import (Component, TupleOut, base_recipe, batch_dim, count_params, text_encoder, vae_decoder,
                           vae_encoder, vae_scale_factor)
 from ..family import Family
+from ..sizes import Limits
 
 PACK = 2  # 2x2 latent patches are packed into channels
 
@@ -50,8 +51,13 @@ def components(family: Family, pipe, resolution: tuple[int, int, int]) -> list[C
     return comps
 
 
+def size_limits(pipe) -> Limits:
+    # Positions are RoPE-encoded: no table bounds the size.
+    return Limits(vae_scale_factor(pipe.vae) * PACK)
+
+
 def recipe(family: Family, pipe, resolution: tuple[int, int, int]) -> dict:
-    return {**base_recipe("flux", family, pipe, resolution, vae_scale_factor(pipe.vae) * PACK),
+    return {**base_recipe("flux", family, pipe, resolution, size_limits(pipe).multiple),
             # FluxPipeline passes sigmas linspace(1, 1/n, n) to the flow-matching scheduler.
             "sigmas": "linspace",
             "patch": PACK,

@@ -25,6 +25,7 @@ from torch import nn
 from ...runtimes.iospec import Dim, IOSpec, TensorSpec
 from ..components import Component, TupleOut, base_recipe, batch_dim, count_params, latent_dims, vae_scale_factor
 from ..family import Family
+from ..sizes import Limits
 
 MIN_TEXT_SEQ = 8  # shortest text the Gemma graph is exported for (the runtime feeds 300 and the prefixed length)
 
@@ -131,11 +132,16 @@ def components(family: Family, pipe, resolution: tuple[int, int, int]) -> list[C
     ]
 
 
+def size_limits(pipe) -> Limits:
+    # Sana 1.0 has no position embedding (interpolation_scale None) or sin-cos ones computed per size.
+    return Limits(vae_scale_factor(pipe.vae) * pipe.transformer.config.patch_size)
+
+
 def recipe(family: Family, pipe, resolution: tuple[int, int, int]) -> dict:
     (te,) = family.text_encoders
     cfg = pipe.transformer.config
     sprint = _sprint(pipe)
-    return {**base_recipe("sana", family, pipe, resolution, vae_scale_factor(pipe.vae) * cfg.patch_size),
+    return {**base_recipe("sana", family, pipe, resolution, size_limits(pipe).multiple),
             "patch": cfg.patch_size,
             # SanaPipeline multiplies the sampler's timestep by it; SanaSprintPipeline does not.
             "timestep_scale": 1.0 if sprint else float(cfg.timestep_scale),

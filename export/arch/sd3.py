@@ -8,6 +8,7 @@ from ...runtimes.iospec import Dim, IOSpec, TensorSpec
 from ..components import (Component, TupleOut, base_recipe, batch_dim, count_params, latent_dims, text_encoder,
                           vae_decoder, vae_encoder, vae_scale_factor)
 from ..family import Family
+from ..sizes import Limits
 
 CLIP_SEQ = 77
 
@@ -44,7 +45,16 @@ def components(family: Family, pipe, resolution: tuple[int, int, int]) -> list[C
     return comps
 
 
+def size_limits(pipe) -> Limits:
+    # The learned position table is pos_embed_max_size patches a side; SD3's PatchEmbed crops it
+    # and raises beyond it.
+    cfg, scale = pipe.transformer.config, vae_scale_factor(pipe.vae)
+    side = cfg.pos_embed_max_size * cfg.patch_size * scale if cfg.pos_embed_max_size else None
+    return Limits(scale * cfg.patch_size, side,
+                  f"transformer pos_embed_max_size {cfg.pos_embed_max_size} x patch {cfg.patch_size} x VAE {scale}")
+
+
 def recipe(family: Family, pipe, resolution: tuple[int, int, int]) -> dict:
     patch = pipe.transformer.config.patch_size
-    return {**base_recipe("sd3", family, pipe, resolution, vae_scale_factor(pipe.vae) * patch),
+    return {**base_recipe("sd3", family, pipe, resolution, size_limits(pipe).multiple),
             "patch": patch, "timestep_scale": 1.0}

@@ -11,6 +11,7 @@ from ...runtimes.iospec import Dim, IOSpec, TensorSpec
 from ..components import (Component, TupleOut, base_recipe, batch_dim, count_params, latent_dims, text_encoder, vae_decoder,
                           vae_encoder, vae_scale_factor)
 from ..family import Family
+from ..sizes import Limits
 
 CLIP_SEQ = 77
 
@@ -63,9 +64,12 @@ def components(family: Family, pipe, resolution: tuple[int, int, int]) -> list[C
     return comps
 
 
+def size_limits(pipe) -> Limits:
+    # Each UNet down block but the last halves the latent; convolutions take any size.
+    return Limits(vae_scale_factor(pipe.vae) * 2 ** (len(pipe.unet.config.block_out_channels) - 1))
+
+
 def recipe(family: Family, pipe, resolution: tuple[int, int, int]) -> dict:
     """What the torch-free runtime needs to run the denoising loop (no family names)."""
-    # Each UNet down block but the last halves the latent.
-    multiple = vae_scale_factor(pipe.vae) * 2 ** (len(pipe.unet.config.block_out_channels) - 1)
-    return {**base_recipe("unet", family, pipe, resolution, multiple),
+    return {**base_recipe("unet", family, pipe, resolution, size_limits(pipe).multiple),
             "force_zeros_for_empty_prompt": family.force_zeros_for_empty_prompt}

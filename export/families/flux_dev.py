@@ -25,6 +25,5 @@ FAMILY = Family(
     resolution=(256, 1024, 2048),
     arch="flux",
     guidance_mode="embedding",
-    signature=("in_channels", "joint_attention_dim", "pooled_projection_dim", "guidance_embeds"),
     exporter="dynamo",
 )

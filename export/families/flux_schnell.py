@@ -24,6 +24,5 @@ FAMILY = Family(
     resolution=(256, 1024, 2048),
     arch="flux",
     guidance_mode="none",
-    signature=("in_channels", "joint_attention_dim", "pooled_projection_dim", "guidance_embeds"),
     exporter="dynamo",
 )

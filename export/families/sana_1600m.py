@@ -1,6 +1,6 @@
 from ..family import Family, ModelDef
 from .sana_parts import (DC_AE_F32C32, DC_AE_TINY, SANA_1600M_TRANSFORMER, SANA_SCHEDULER, SANA_TRANSFORMER_TINY,
-                         SIGNATURE, TEXT_ENCODERS, TINY_RESOLUTION)
+                         TEXT_ENCODERS, TINY_RESOLUTION)
 
 # SANA 1.0 1.6B at 1024px: Gemma-2 2B prompt encoder, linear-attention DiT over the 32x DC-AE latent,
 # flow DPM-Solver++ (20 steps) with classifier-free guidance against the empty prompt.
@@ -17,6 +17,5 @@ FAMILY = Family(
     tiny_resolution=TINY_RESOLUTION,
     arch="sana",
     guidance_mode="cfg",
-    signature=SIGNATURE,
     exporter="dynamo",
 )

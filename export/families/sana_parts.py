@@ -3,8 +3,8 @@
 Values are those of the released diffusers checkpoints (Efficient-Large-Model/Sana_1600M_1024px_diffusers,
 Efficient-Large-Model/Sana_Sprint_1.6B_1024px_diffusers, mit-han-lab/dc-ae-f32c32-sana-1.0-diffusers),
 written from their config.json files and diffusers' scripts/convert_sana_to_diffusers.py and
-convert_dcae_to_diffusers.py. Keys we are less sure of are marked; none of them is in a family's
-`signature`, so a real checkpoint that differs there still loads (its own config.json wins).
+convert_dcae_to_diffusers.py. Keys we are less sure of are marked; none of them is an architecture
+feature (families/infer.py), so a real checkpoint that differs there still loads (its own config.json wins).
 """
 from ..family import TextEncoderDef
 
@@ -106,7 +106,3 @@ SANA_SCHEDULER = {
 SANA_SPRINT_SCHEDULER = {
     "_class_name": "SCMScheduler", "num_train_timesteps": 1000, "prediction_type": "trigflow", "sigma_data": 0.5,
 }
-# Denoiser keys that identify the architecture. The SANA 1.0 checkpoints were saved before diffusers
-# had guidance_embeds/qk_norm (absent keys read as None, not False), so only Sprint checks them.
-SIGNATURE = ("in_channels", "caption_channels", "cross_attention_dim", "num_layers")
-SPRINT_SIGNATURE = (*SIGNATURE, "guidance_embeds")

@@ -1,6 +1,6 @@
 from ..family import Family, ModelDef
 from .sana_parts import (DC_AE_F32C32, DC_AE_TINY, SANA_SPRINT_1600M_TRANSFORMER, SANA_SPRINT_SCHEDULER,
-                         SANA_SPRINT_TRANSFORMER_TINY, SPRINT_SIGNATURE, TEXT_ENCODERS, TINY_RESOLUTION)
+                         SANA_SPRINT_TRANSFORMER_TINY, TEXT_ENCODERS, TINY_RESOLUTION)
 
 # SANA-Sprint 1.6B: SANA distilled with sCM + LADD; 2 sCM steps (angles pi/2, 1.3), guidance as an
 # embedding of the transformer (one batch, no negative prompt).
@@ -18,6 +18,5 @@ FAMILY = Family(
     tiny_resolution=TINY_RESOLUTION,
     arch="sana",
     guidance_mode="embedding",
-    signature=SPRINT_SIGNATURE,
     exporter="dynamo",
 )

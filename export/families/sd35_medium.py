@@ -1,6 +1,6 @@
 from ..family import Family, ModelDef
 from .dit_parts import SD35_MEDIUM_TRANSFORMER, SD35_TRANSFORMER_TINY, SD3_SCHEDULER, SD3_VAE, SD3_VAE_TINY
-from .sd3_common import SIGNATURE, TEXT_ENCODERS
+from .sd3_common import TEXT_ENCODERS
 
 FAMILY = Family(
     name="sd35-medium",
@@ -14,6 +14,5 @@ FAMILY = Family(
     resolution=(512, 1024, 1536),
     arch="sd3",
     guidance_mode="cfg",
-    signature=SIGNATURE,
     exporter="dynamo",
 )

@@ -14,4 +14,3 @@ TEXT_ENCODERS = (
     TextEncoderDef("text_encoder_3", "tokenizer_3", "T5EncoderModel", T5_XXL, {**T5_TINY, "d_model": 64},
                    tokenizer_kind="t5", max_length=256),
 )
-SIGNATURE = ("in_channels", "joint_attention_dim", "pooled_projection_dim", "num_layers", "qk_norm")

@@ -5,6 +5,8 @@ from __future__ import annotations
 from .base import Sampler
 from .ddim import DDIMSampler
 from .dpmpp_2m import DPMPP2MSampler
+from .edm_dpmpp_2m import EDMDPMPP2MSampler
+from .edm_euler import EDMEulerSampler
 from .euler import EulerSampler
 from .euler_a import EulerAncestralSampler
 from .flow_dpm import FlowDPMSampler
@@ -15,7 +17,7 @@ from .scm import SCMSampler
 SAMPLERS: dict[str, type] = {
     cls.name: cls
     for cls in (EulerSampler, EulerAncestralSampler, DDIMSampler, LCMSampler, DPMPP2MSampler,
-                FlowEulerSampler, FlowDPMSampler, SCMSampler)
+                FlowEulerSampler, FlowDPMSampler, SCMSampler, EDMEulerSampler, EDMDPMPP2MSampler)
 }
 
 
@@ -27,6 +29,6 @@ def make_sampler(name: str, scheduler_config: dict) -> Sampler:
 
 __all__ = [
     "SAMPLERS", "Sampler", "make_sampler",
-    "DDIMSampler", "DPMPP2MSampler", "EulerAncestralSampler", "EulerSampler", "LCMSampler",
+    "DDIMSampler", "DPMPP2MSampler", "EDMDPMPP2MSampler", "EDMEulerSampler", "EulerAncestralSampler", "EulerSampler", "LCMSampler",
     "FlowDPMSampler", "FlowEulerSampler", "SCMSampler", "calculate_shift",
 ]

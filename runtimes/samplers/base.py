@@ -19,6 +19,7 @@ class Sampler:
     name = ""
     stochastic = False
     flow_matching = False  # True for the flow-matching (rectified-flow / trigflow) samplers
+    edm = False            # True for the EDM (Karras sigma, preconditioned) samplers
     # The options this sampler reads, with the defaults of the diffusers class it mirrors:
     # a config that leaves a key out must give the same result as diffusers would.
     DEFAULTS: dict = {
@@ -34,6 +35,9 @@ class Sampler:
     # Options not implemented, with the values under which diffusers' result doesn't depend
     # on them; anything else is refused rather than silently giving different images.
     UNSUPPORTED: dict = {"rescale_betas_zero_snr": OFF}
+    # Per-step tables that a late start (set_strength) cuts: n timesteps, n + 1 sigmas or angles.
+    STEP_TABLES = ("timesteps", "_t", "sigmas", "angles")
+    begin_index = 0  # steps of the full schedule skipped by set_strength
 
     def __init__(self, config: dict):
         for key, allowed in self.UNSUPPORTED.items():
@@ -92,6 +96,31 @@ class Sampler:
     def _set_schedule(self, num_steps: int) -> None:
         raise NotImplementedError
 
+    def set_strength(self, strength: float, skip: int) -> None:
+        """Start `skip` steps into the prepared schedule (img2img, inpainting with strength < 1),
+        as diffusers' get_timesteps runs timesteps[skip:] after set_begin_index(skip). Step
+        indices then count from the first step that runs. `strength` is for samplers whose
+        schedule itself depends on it (LCM); the caller's pipeline rule gives `skip`."""
+        skip = operator.index(skip)
+        n = len(self.timesteps)
+        if not 0 <= skip < n:
+            raise ValueError(f"strength {strength} leaves none of the {n} steps to run; raise the strength "
+                             "or the steps")
+        for name in self.STEP_TABLES:
+            if hasattr(self, name):
+                setattr(self, name, getattr(self, name)[skip:].copy())
+        self.begin_index = skip
+
+    def add_noise(self, sample: np.ndarray, noise: np.ndarray) -> np.ndarray:
+        """`sample` (clean latents) noised to the level of the first step that runs: diffusers'
+        add_noise at that timestep, where img2img starts. DDPM schedules: sqrt(a) x + sqrt(1 - a) n."""
+        a = self.alphas_cumprod[int(self.timesteps[0])]
+        return self._mix(sample, a**0.5, noise, (1 - a) ** 0.5)
+
+    @staticmethod
+    def _mix(sample, a: float, noise, b: float) -> np.ndarray:
+        return (a * np.asarray(sample, np.float64) + b * np.asarray(noise, np.float64)).astype(np.float32)
+
     def _index(self, i: int) -> int:
         i = operator.index(i)
         if not 0 <= i < len(self.timesteps):
@@ -106,7 +135,7 @@ class Sampler:
     # The three hooks below are identities except where a sampler's parameterization needs the
     # caller to transform around the model call (SCM's trigflow). A runtime loop that calls them
     # works for every sampler:
-    #     x = noise * s.init_noise_sigma
+    #     x = noise * s.init_noise_sigma      # img2img: s.set_strength(...); x = s.add_noise(x0, noise)
     #     for i in range(len(s.timesteps)):
     #         out = model(s.scale_model_input(x, i), s.model_timestep(i))
     #         x = s.step(s.prepare_model_output(out, x, i), i, x, rng)

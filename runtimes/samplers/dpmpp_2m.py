@@ -48,6 +48,10 @@ class DPMPP2MSampler(Sampler):
         self.sigmas = np.append(np.interp(t, np.arange(total), train_sigmas), 0.0)
         self._prev_x0 = None
 
+    def add_noise(self, sample: np.ndarray, noise: np.ndarray) -> np.ndarray:
+        alpha, sigma, _ = self._alpha_sigma_lambda(0)
+        return self._mix(sample, alpha, noise, sigma)
+
     def _alpha_sigma_lambda(self, i: int) -> tuple[float, float, float]:
         s = self.sigmas[i]
         alpha = 1 / (s**2 + 1) ** 0.5

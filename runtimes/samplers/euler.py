@@ -35,6 +35,9 @@ class EulerSampler(Sampler):
         else:
             self.init_noise_sigma = max_sigma
 
+    def add_noise(self, sample: np.ndarray, noise: np.ndarray) -> np.ndarray:
+        return self._mix(sample, 1.0, noise, self.sigmas[0])
+
     def scale_model_input(self, sample: np.ndarray, i: int) -> np.ndarray:
         sigma = self.sigmas[self._index(i)]
         sample = np.asarray(sample)

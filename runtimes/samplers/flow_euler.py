@@ -106,6 +106,11 @@ class FlowEulerSampler(Sampler):
         self.timesteps = s * np.float32(total)
         self.sigmas = np.append(s, np.float32(0))
 
+    def add_noise(self, sample: np.ndarray, noise: np.ndarray) -> np.ndarray:
+        # diffusers' scale_noise: the point at sigma on the straight path from the sample to the noise.
+        s = float(self.sigmas[0])
+        return self._mix(sample, 1.0 - s, noise, s)
+
     def _step(self, out, i, x, rng):
         dt = float(self.sigmas[i + 1] - self.sigmas[i])  # float32 difference, as in diffusers
         return x + dt * out

@@ -29,17 +29,27 @@ class LCMSampler(Sampler):
     }
     UNSUPPORTED = {**Sampler.UNSUPPORTED, "thresholding": OFF}
 
-    def _set_schedule(self, num_steps: int) -> None:
+    def _set_schedule(self, num_steps: int, strength: float = 1.0) -> None:
         original = int(self.config["original_inference_steps"])
         total = self.num_train_timesteps
         if original > total or num_steps > original:
             raise ValueError(f"{self.name}: need num_steps <= original_inference_steps ({original})"
                              f" <= num_train_timesteps ({total}), got num_steps={num_steps}")
-        # The distillation schedule: every k-th training timestep, then n of them evenly picked.
-        origin = (np.arange(1, original + 1) * (total // original) - 1)[::-1]
+        kept = int(original * strength)
+        if kept < num_steps:
+            raise ValueError(f"{self.name}: strength {strength} keeps {kept} of the {original} distillation "
+                             f"timesteps, fewer than the {num_steps} steps; raise the strength or lower the steps")
+        # The distillation schedule: every k-th training timestep (the first `kept` of them), then
+        # n of them evenly picked.
+        origin = (np.arange(1, kept + 1) * (total // original) - 1)[::-1]
         picks = np.floor(np.linspace(0, len(origin), num=num_steps, endpoint=False)).astype(np.int64)
         self._t = origin[picks]
         self.timesteps = self._t.astype(np.float32)
+
+    def set_strength(self, strength: float, skip: int) -> None:
+        # LatentConsistencyModelImg2ImgPipeline skips nothing: it passes strength to the
+        # scheduler's set_timesteps, which runs all steps over the lower part of the schedule.
+        self._set_schedule(self.num_steps, strength)
 
     def _step(self, out, i, x, rng):
         t = int(self._t[i])

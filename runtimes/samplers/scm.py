@@ -88,6 +88,10 @@ class SCMSampler(Sampler):
         self.timesteps = t[:-1].copy()
         self.denoised = None
 
+    def set_strength(self, strength: float, skip: int) -> None:
+        raise ValueError(f"{self.name}: starting from an image is not supported (SANA-Sprint's img2img "
+                         "is not reproduced)")
+
     def model_timestep(self, i: int) -> np.float32:
         t = float(self.timesteps[self._index(i)])
         return np.float32(math.sin(t) / (math.cos(t) + math.sin(t)))
