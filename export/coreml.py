@@ -18,7 +18,6 @@ Importing this module needs neither torch nor coremltools: option checks run fir
 from __future__ import annotations
 
 import gc
-import json
 import logging
 import os
 import platform
@@ -28,7 +27,6 @@ import tomllib
 import warnings
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
 from pathlib import Path
 
 from ..runtimes.artifact import check_out_path, digest_files, save_manifest, write_artifact
@@ -326,7 +324,7 @@ def export_coreml(family_name: str, source, out: str | Path, settings: Settings,
     from .components import MAX_BATCH
     from .coreml_attention import attention_processors
     from .coreml_spec import METADATA_PREFIX, read_package
-    from .exporter import _write_tokenizers, tool_versions
+    from .exporter import manifest_head, tool_versions
     from .families import get_family
     from .sizes import SizeRequest, narrow_export
     from .sizes import resolution as export_resolution
@@ -423,21 +421,11 @@ def export_coreml(family_name: str, source, out: str | Path, settings: Settings,
                               **({"compute_precision_reason": why_precision} if why_precision else {}),
                               **({"compute_units_reason": why_units} if why_units else {})}
             say(f"{comp.name}: {size / 1e6:.1f} MB, {bits['average_bits']} bits/weight, {seconds:.1f} s")
-        tok_files = _write_tokenizers(family, pipe, tmp)
-        (tmp / "scheduler").mkdir()
-        pipe.scheduler.save_config(tmp / "scheduler")
         d = recipe["defaults"]
         prof = {"height": [d["height"]] * 3, "width": [d["width"]] * 3, "batch": recipe["batch"], "static": True}
         manifest = {
-            "family": family.name,
-            "description": family.description,
-            "source": source.describe(),
-            "size": "tiny" if source.tiny else "full",
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "pipeline": recipe,
-            "scheduler": json.loads((tmp / "scheduler" / "scheduler_config.json").read_text()),
+            **manifest_head(family, source, pipe, recipe, tmp),
             "components": components,
-            "files": digest_files(tmp, tok_files + ["scheduler/scheduler_config.json"]),
             "passes": [{"name": "export", "version": 1,
                         "config": {"format": "coreml", "sizes": req.to_dict(), "static": True, **settings.to_dict()}}],
             "tools": {**tool_versions(), "coremltools": ct.__version__},

@@ -46,6 +46,24 @@ def _write_tokenizers(family: Family, pipe, root: Path) -> list[str]:
     return files
 
 
+def manifest_head(family: Family, source: Source, pipe, recipe: dict, tmp: Path) -> dict:
+    """Write the tokenizers and scheduler config into `tmp`; the manifest fields every export
+    format shares (ONNX here, CoreML in coreml.py), with the digests of those files."""
+    tok_files = _write_tokenizers(family, pipe, tmp)
+    (tmp / "scheduler").mkdir()
+    pipe.scheduler.save_config(tmp / "scheduler")
+    return {
+        "family": family.name,
+        "description": family.description,
+        "source": source.describe(),
+        "size": "tiny" if source.tiny else "full",
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "pipeline": recipe,
+        "scheduler": json.loads((tmp / "scheduler" / "scheduler_config.json").read_text()),
+        "files": digest_files(tmp, tok_files + ["scheduler/scheduler_config.json"]),
+    }
+
+
 def export(family_name: str, source: Source, out: str | Path, force: bool = False, progress=None,
            exporter: str | None = None, pipe=None, sizes: SizeRequest | None = None) -> Path:
     family = get_family(family_name)
@@ -88,20 +106,9 @@ def export(family_name: str, source: Source, out: str | Path, force: bool = Fals
                 "export_seconds": round(t1 - t0, 2),
                 "validation": validation,
             }
-        tok_files = _write_tokenizers(family, pipe, tmp)
-        (tmp / "scheduler").mkdir()
-        pipe.scheduler.save_config(tmp / "scheduler")
-        misc = tok_files + ["scheduler/scheduler_config.json"]
         manifest = {
-            "family": family.name,
-            "description": family.description,
-            "source": source.describe(),
-            "size": "tiny" if source.tiny else "full",
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "pipeline": recipe,
-            "scheduler": json.loads((tmp / "scheduler" / "scheduler_config.json").read_text()),
+            **manifest_head(family, source, pipe, recipe, tmp),
             "components": components,
-            "files": digest_files(tmp, misc),
             "passes": [{"name": "export", "version": 1,
                         "config": {"format": "onnx", "exporter": exporter or "per component", "precision": "fp32",
                                    "sizes": sizes.to_dict(), "static": sizes.static,
