@@ -196,6 +196,10 @@ def _gate(parent: Artifact, child: Artifact, traj, overrides: dict, precision: s
         say(f"gate: {name} on {target}")
         try:
             comp = pipe.component(name)
+            refused = getattr(comp, "graph_refused", None)
+            if refused:     # the compiled manifest says what will really run
+                say(f"{name}: no CUDA graph: {refused}")
+                child.manifest["components"][name]["compiled"]["cuda_graph"] = {"used": False, "why": refused}
             res = component_gate(lambda f: comp(**f), traj.gate_inputs[name], traj.gate_outputs[name], thr)
         except EdgegenError:
             raise

@@ -112,6 +112,10 @@ class IOSpec:
         out.update(override)
         return out
 
+    def fixed_sizes(self) -> dict[str, int]:
+        """The dims a static shape profile pinned (min == max), by name."""
+        return {n: d.min for n, d in self.dims.items() if d.min == d.max}
+
     def export_sizes(self) -> dict[str, int]:
         """Where to trace: small (cheap) but never 0/1, which torch.export would bake in as constants."""
         out = {n: d.min if d.min >= 2 else d.opt for n, d in self.dims.items()}

@@ -25,9 +25,13 @@ PROVIDERS = {
 
 
 def make_session(graph: Path, device: str = "cpu", threads: int = 0, provider_options: dict | None = None,
-                 root: Path | None = None):
+                 root: Path | None = None, fixed: dict[str, int] | None = None):
     """An InferenceSession on `device`'s providers; refuses a silent fallback to CPU.
-    With `root`, the graph and its external data must lie inside that artifact folder."""
+    With `root`, the graph and its external data must lie inside that artifact folder.
+    `fixed` pins symbolic dims by name (a static shape profile): ORT then folds the Shape/Gather/
+    Concat chains that compute reshape targets at run time. The CUDA EP places those int64 chains
+    on the CPU, and one CPU node is enough for ORT to refuse CUDA graph capture; on a tiny SD1.5
+    UNet pinning removed all 51 Shape nodes."""
     import onnxruntime as ort
 
     if root is not None:
@@ -39,6 +43,8 @@ def make_session(graph: Path, device: str = "cpu", threads: int = 0, provider_op
     opts.log_severity_level = 3
     if threads:
         opts.intra_op_num_threads = threads
+    for name, value in (fixed or {}).items():
+        opts.add_free_dimension_override_by_name(name, int(value))
     providers = list(PROVIDERS[device])
     if provider_options:
         providers[0] = (providers[0], {k: str(v) for k, v in provider_options.items()})
@@ -55,7 +61,7 @@ class OrtComponent:
 
     def __init__(self, name: str, graph: Path, io: IOSpec, device: str = "cpu", threads: int = 0,
                  root: Path | None = None):
-        self.session = make_session(graph, device, threads, root=root)
+        self.session = make_session(graph, device, threads, root=root, fixed=io.fixed_sizes())
         self.name, self.io = name, io
 
     def __call__(self, **feeds: np.ndarray) -> dict[str, np.ndarray]:
@@ -94,10 +100,21 @@ class OrtCudaComponent:
 
     def __init__(self, name: str, graph: Path, io: IOSpec, threads: int = 0, device_id: int = 0,
                  cuda_graph: bool = False, root: Path | None = None):
+        self.graph_refused = None
         opts = {"device_id": device_id}
         if cuda_graph:
-            opts["enable_cuda_graph"] = 1
-        self.session = make_session(graph, "cuda", threads, opts, root=root)
+            try:
+                self.session = make_session(graph, "cuda", threads, {**opts, "enable_cuda_graph": 1}, root=root,
+                                            fixed=io.fixed_sizes())
+            except Exception as e:
+                # ORT refuses capture when any node stays on the CPU (a dynamic dim's shape chain, an op
+                # the CUDA EP lacks): run without graphs and say why, rather than not at all.
+                if "graph capture" not in str(e):
+                    raise
+                self.graph_refused = (str(e).strip().splitlines() or [""])[0][-200:]
+                cuda_graph = False
+        if not cuda_graph:
+            self.session = make_session(graph, "cuda", threads, opts, root=root, fixed=io.fixed_sizes())
         self.name, self.io, self.device_id, self.cuda_graph = name, io, device_id, cuda_graph
         self._buckets: dict[tuple, _Bucket] = {}
 

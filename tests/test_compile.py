@@ -99,6 +99,19 @@ def test_static_profile_reshapes_and_refuses_other_sizes(tiny_export, tmp_path):
         pipe("a fox", steps=2, height=128, width=128)
 
 
+def test_static_cpu_compile_pins_the_sessions_dims(tiny_export, tmp_path):
+    """A static profile reaches onnxruntime as free-dimension overrides: the session's inputs are
+    concrete, so ORT folds the shape chains (on the CUDA EP those stay on the CPU and block graphs)."""
+    src, _ = tiny_export("sd15")
+    m = compile_ok(src, tmp_path / "cpu", "--target", "cpu", "--height", 64, "--width", 64, "--batch", 1)
+    assert m["target"]["gate"]["end_to_end"]["passed"]
+    pipe = Pipeline.load(tmp_path / "cpu")
+    unet = pipe.component("unet")
+    assert [i.shape for i in unet.session.get_inputs()] == [[2, 4, 8, 8], [2], [2, 77, 32]]
+    dynamic = Pipeline.load(src).component("unet")
+    assert dynamic.session.get_inputs()[0].shape == ["batch", 4, "latent_height", "latent_width"]
+
+
 # -- refusals: one line, exit 2, nothing written ----------------------------------------------
 
 def _nothing_written(tmp_path, name="out"):

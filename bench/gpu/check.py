@@ -380,6 +380,8 @@ def _run_config(a, config: str, latents, ref: bool = False) -> tuple[dict, objec
                 times = None
         rec["providers"] = _providers(pipe)
         rec["cuda_graph_by_component"] = _graph_flags(pipe)
+        rec["cuda_graph_refused"] = {n: c.graph_refused for n, c in pipe._components.items()
+                                     if getattr(c, "graph_refused", None)}
         if runs:
             rec["denoiser_per_step_ms"] = _spread(den)
             rec["end_to_end_ms"] = _spread(per_run)
@@ -646,7 +648,7 @@ def _markdown(r: dict, gpu: str | None, steps: list[dict]) -> str:
               "|---|---|---|---|---|---|---|---|---|---|---|"]
         for label, res in lat.items():
             label = res.get("label") or label
-        for cname, c in (res.get("configs") or {}).items():
+            for cname, c in (res.get("configs") or {}).items():
                 if cname == "ref:cpu":
                     continue
                 size = f"{res.get('width')}x{res.get('height')}"
