@@ -124,25 +124,28 @@ def make_random_checkpoint(model_cls, config: dict, path: Path, dtype: str = "bf
     return info
 
 
-def _family_model(name: str):
-    from diffusers import FluxTransformer2DModel
+def family_model(name: str, tiny: bool = False):
+    """(diffusers class, config) of a family's transformer, from its family file (tiny: the family's tiny config)."""
+    import diffusers
 
-    from edgegen.export.families.dit_parts import FLUX_DEV_TRANSFORMER, FLUX_TRANSFORMER
+    from edgegen.export.families import auraflow, flux_dev, flux_schnell
 
-    cfgs = {"flux-schnell": FLUX_TRANSFORMER, "flux-dev": FLUX_DEV_TRANSFORMER}
-    if name not in cfgs:
-        sys.exit(f"unknown model {name!r}; known: {', '.join(cfgs)}")
-    return FluxTransformer2DModel, {k: v for k, v in cfgs[name].items() if not k.startswith("_")}
+    fams = {"flux-schnell": flux_schnell.FAMILY, "flux-dev": flux_dev.FAMILY, "auraflow": auraflow.FAMILY}
+    if name not in fams:
+        sys.exit(f"unknown model {name!r}; known: {', '.join(fams)}")
+    d = fams[name].denoiser
+    return getattr(diffusers, d.cls), {k: v for k, v in d.get(tiny).items() if not k.startswith("_")}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("model", help="flux-schnell or flux-dev (the transformer)")
+    ap.add_argument("model", help="flux-schnell, flux-dev or auraflow (the transformer)")
     ap.add_argument("out", type=Path)
     ap.add_argument("--dtype", default="bfloat16", choices=sorted(_ST_DTYPES))
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--tiny", action="store_true", help="the family's tiny config of the same class")
     args = ap.parse_args()
-    cls, cfg = _family_model(args.model)
+    cls, cfg = family_model(args.model, args.tiny)
     print(json.dumps(make_random_checkpoint(cls, cfg, args.out, args.dtype, args.seed), indent=2))
 
 
