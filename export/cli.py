@@ -126,7 +126,8 @@ def export_cmd(family, weights, random_weights, tiny, out, force, seed, trust_pi
 
         settings = resolve_settings(**coreml)   # bad options fail before anything is loaded
         import_coremltools()
-        source = resolve_source(weights, random_weights, tiny, seed, trust_pickle, hub_id=get_family(family).hub_id)
+        source = resolve_source(weights, random_weights, tiny, seed, trust_pickle, hub_id=get_family(family).hub_id,
+                            shipped=get_family(family).shipped_weights())
         return run_coreml_export(family, source, out, force, sizes, settings)
     from ..optimize.commands import parse_pass_options
 
@@ -139,7 +140,8 @@ def export_cmd(family, weights, random_weights, tiny, out, force, seed, trust_pi
     from .exporter import export
     from .weights import resolve_source
 
-    source = resolve_source(weights, random_weights, tiny, seed, trust_pickle, hub_id=get_family(family).hub_id)
+    source = resolve_source(weights, random_weights, tiny, seed, trust_pickle, hub_id=get_family(family).hub_id,
+                            shipped=get_family(family).shipped_weights())
     from rich.console import Console
 
     stage = None

@@ -62,6 +62,15 @@ class Family:
     force_zeros_for_empty_prompt: bool = False
     exporter: str = "torchscript"   # see onnx_export.export_component
     extra: dict = field(default_factory=dict)
+    shipped: str | None = None      # a diffusers folder under export/assets/ that ships with edgegen
+
+    def shipped_weights(self) -> str | None:
+        """The packaged weights folder, used when the user names no weights."""
+        if not self.shipped:
+            return None
+        from pathlib import Path
+
+        return str(Path(__file__).parent / "assets" / self.shipped)
 
     # Read by profiles/catalog (planner) for the U-Net families.
     @property

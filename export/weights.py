@@ -41,10 +41,13 @@ WAYS_FORWARD = ("give --weights PATH (a diffusers folder or .safetensors you hav
 
 
 def resolve_source(weights: str | None, random_weights: bool, tiny: bool, seed: int, trust_pickle: bool,
-                   hub_id: str | None = None) -> Source:
+                   hub_id: str | None = None, shipped: str | None = None) -> Source:
     """Turn CLI flags into a Source, refusing bad combinations before any work. With none of the
-    three, the family's own hub id (`hub_id`) is tried: the user may have it cached."""
+    three, the weights that ship with the family (`shipped`) are used, else the family's own hub
+    id (`hub_id`) is tried: the user may have it cached."""
     chosen = [f for f, on in (("--weights", weights), ("--random-weights", random_weights), ("--tiny", tiny)) if on]
+    if not chosen and shipped:
+        return Source("folder", shipped)
     if not chosen and hub_id:
         check_hub_cached(hub_id)
         return Source("hub", hub_id, trust_pickle=trust_pickle)
@@ -201,6 +204,12 @@ def load_pipeline(family: Family, source: Source):
         return build_random(family, source.tiny, source.seed)
     cls = _pipeline_class(family)
     extra = {} if source.trust_pickle else {"use_safetensors": True}
+    # Graphs are traced and validated in fp32 (optimize makes fp16/bf16 behind its gate). Hub
+    # folders often store fp16, and transformers 5 loads a checkpoint in its stored dtype by
+    # default: the text encoder came out fp16 beside fp32 inputs and its graph did not load.
+    import torch
+
+    extra["torch_dtype"] = torch.float32
     if "safety_checker" in inspect.signature(cls.__init__).parameters:
         extra.update(safety_checker=None, requires_safety_checker=False)
     if source.kind == "folder":

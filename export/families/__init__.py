@@ -9,7 +9,7 @@ from ..family import Family
 
 _MODULES = ("sd15", "sd21", "sd_turbo", "sdxl", "sdxl_turbo", "lcm_sd15", "flux_schnell", "flux_dev",
             "sd3_medium", "sd35_medium", "sd35_large", "sd35_large_turbo", "sana_1600m", "sana_sprint_1600m",
-            "sd15_inpaint", "sdxl_inpaint", "playground_v25", "auraflow")
+            "sd15_inpaint", "sdxl_inpaint", "playground_v25", "auraflow", "edgegen_shapes")
 
 
 # Short names people type, declared once. Where an alias covers several families the first is

@@ -1,0 +1,179 @@
+"""Train the shipped `edgegen-shapes` pipeline on CPU: a real StableDiffusionPipeline
+(AutoencoderKL, UNet2DConditionModel, CLIPTextModel with the CLIP BPE tokenizer, the SD
+scheduler) at tiny widths, on the procedural shapes data.
+
+    python -m edgegen.export.shapes.train --out export/assets/edgegen-shapes [--seed 0]
+
+1. VAE on the images (L1 + a small KL, as the SD VAE's objective without its GAN term).
+2. Latents of the whole set from the trained encoder; the scaling factor is 1/std of them,
+   as SD's 0.18215 was derived.
+3. UNet and text encoder jointly on (latent, caption) with the epsilon objective of the SD
+   scheduler's betas, 10% empty captions so classifier-free guidance works.
+Writes with `save_pretrained` (safetensors, fp16 to keep the package small) and a
+train.json with the command, seed, wall times and final losses.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..families import get_family
+from . import data
+
+FAMILY = get_family("edgegen-shapes")    # the one statement of the configs trained here
+TEXT = FAMILY.text_encoders[0].config
+
+
+def _cfg(config: dict) -> dict:
+    return {k: v for k, v in config.items() if not k.startswith("_")}
+
+
+def _log(t0: float, msg: str) -> None:
+    print(f"[{time.time() - t0:7.1f} s] {msg}", file=sys.stderr, flush=True)
+
+
+def _to_tensor(images: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+
+
+def train_vae(images: torch.Tensor, steps: int, batch: int, seed: int, t0: float):
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(seed)
+    vae = AutoencoderKL(**_cfg(FAMILY.vae.config))
+    opt = torch.optim.AdamW(vae.parameters(), lr=2e-3, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, 2e-3, total_steps=steps, pct_start=0.05)
+    g = torch.Generator().manual_seed(seed)
+    loss = rec = None
+    for step in range(steps):
+        x = images[torch.randint(len(images), (batch,), generator=g)]
+        post = vae.encode(x).latent_dist
+        y = vae.decode(post.sample(generator=g)).sample
+        rec = F.l1_loss(y, x) + F.mse_loss(y, x)
+        loss = rec + 1e-6 * post.kl().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        if step % 50 == 0 or step == steps - 1:
+            _log(t0, f"vae {step}/{steps}: reconstruction {rec.item():.4f}")
+    return vae.eval(), float(rec.item())
+
+
+@torch.no_grad()
+def encode_all(vae, images: torch.Tensor, batch: int = 256) -> torch.Tensor:
+    return torch.cat([vae.encode(images[i:i + batch]).latent_dist.mean for i in range(0, len(images), batch)])
+
+
+def tokenize(tokenizer, captions: list[str]) -> torch.Tensor:
+    return tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                     return_tensors="pt").input_ids
+
+
+def train_unet(latents: torch.Tensor, ids: torch.Tensor, empty: torch.Tensor, steps: int, batch: int, seed: int,
+               t0: float, scheduler):
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(seed + 1)
+    unet, text = UNet2DConditionModel(**_cfg(FAMILY.denoiser.config)), CLIPTextModel(CLIPTextConfig(**TEXT))
+    params = [*unet.parameters(), *text.parameters()]
+    opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, 1e-3, total_steps=steps, pct_start=0.05)
+    acp = scheduler.alphas_cumprod
+    g = torch.Generator().manual_seed(seed + 1)
+    ema, ema_loss = None, None
+    for step in range(steps):
+        idx = torch.randint(len(latents), (batch,), generator=g)
+        x0, tok = latents[idx], ids[idx].clone()
+        tok[torch.rand(batch, generator=g) < 0.1] = empty     # unconditional rows, for CFG
+        noise = torch.randn(x0.shape, generator=g)
+        t = torch.randint(0, len(acp), (batch,), generator=g)
+        a = acp[t].view(-1, 1, 1, 1)
+        xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        cond = text(tok).last_hidden_state
+        loss = F.mse_loss(unet(xt, t, encoder_hidden_states=cond).sample, noise)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        ema_loss = loss.item() if ema_loss is None else 0.98 * ema_loss + 0.02 * loss.item()
+        if step % 250 == 0 or step == steps - 1:
+            _log(t0, f"unet {step}/{steps}: loss {ema_loss:.4f}")
+    return unet.eval(), text.eval(), float(ema_loss)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--images", type=int, default=20000)
+    ap.add_argument("--vae-steps", type=int, default=1200)
+    ap.add_argument("--unet-steps", type=int, default=3500)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--stage", choices=("vae", "unet", "all"), default="all",
+                    help="vae: train and save the VAE alone (to --out/vae); unet: reuse that VAE")
+    a = ap.parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    torch.set_flush_denormal(True)   # tiny gradients late in training otherwise slow every CPU op down
+    import tempfile
+
+    from diffusers import AutoencoderKL, DDPMScheduler, EulerDiscreteScheduler, StableDiffusionPipeline
+    from transformers import CLIPTokenizer
+
+    from ..clip_vocab import write_clip_tokenizer
+
+    t0 = time.time()
+    a.out.mkdir(parents=True, exist_ok=True)
+    record_path = a.out / "train.json"
+    record = json.loads(record_path.read_text()) if a.stage == "unet" and record_path.exists() else {}
+    record.setdefault("commands", []).append("python -m edgegen.export.shapes.train " + " ".join(argv or sys.argv[1:]))
+    record.update(seed=a.seed, images=a.images, torch_threads=torch.get_num_threads())
+    images_np, captions, _ = data.dataset(a.images, a.seed)
+    images = _to_tensor(images_np)
+    _log(t0, f"{a.images} images rendered")
+    if a.stage == "unet":
+        vae = AutoencoderKL.from_pretrained(a.out / "vae", torch_dtype=torch.float32).eval()
+    else:
+        vae, vae_rec = train_vae(images, a.vae_steps, 32, a.seed, t0)
+        latents = encode_all(vae, images)
+        vae.register_to_config(scaling_factor=float(1.0 / latents.std()))
+        record.update(vae_steps=a.vae_steps, vae_batch=32, vae_seconds=round(time.time() - t0, 1),
+                      vae_final_reconstruction_l1_plus_mse=round(vae_rec, 5),
+                      latent_scaling_factor=round(vae.config.scaling_factor, 5))
+        if a.stage == "vae":
+            vae.save_pretrained(a.out / "vae", safe_serialization=True)
+            record_path.write_text(json.dumps(record, indent=1) + "\n")
+            _log(t0, f"wrote {a.out / 'vae'}")
+            return 0
+    t1 = time.time()
+    latents = encode_all(vae, images) * vae.config.scaling_factor
+    tokenizer = CLIPTokenizer.from_pretrained(write_clip_tokenizer(Path(tempfile.mkdtemp()) / "tokenizer"))
+    ids, empty = tokenize(tokenizer, captions), tokenize(tokenizer, [""])[0]
+    train_sched = DDPMScheduler.from_config(_cfg(FAMILY.scheduler))
+    unet, text, unet_loss = train_unet(latents, ids, empty, a.unet_steps, a.batch, a.seed, t0, train_sched)
+    record.update(unet_steps=a.unet_steps, unet_batch=a.batch, unet_seconds=round(time.time() - t1, 1),
+                  unet_final_eps_mse_ema=round(unet_loss, 5), stored_dtype="float16",
+                  parameters={n: sum(p.numel() for p in m.parameters()) for n, m in
+                              (("text_encoder", text), ("unet", unet), ("vae", vae))})
+    sched = EulerDiscreteScheduler.from_config(_cfg(FAMILY.scheduler))
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=tokenizer, unet=unet, scheduler=sched,
+                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe.to(torch.float16).save_pretrained(a.out, safe_serialization=True)
+    record_path.write_text(json.dumps(record, indent=1) + "\n")
+    _log(t0, f"wrote {a.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
