@@ -64,6 +64,23 @@ def manifest_head(family: Family, source: Source, pipe, recipe: dict, tmp: Path)
     }
 
 
+def release_weights(done, later) -> None:
+    """Move the weights of component `done` to the meta device, except those a `later` component
+    also reads (the VAE decoder and encoder wrap one AutoencoderKL). Shapes and configs stay;
+    the memory goes back: the components of a real-size pipeline are exported one after another,
+    and none needs another's weights once it is exported and validated."""
+    import gc
+
+    from torch import nn
+
+    keep = {id(p) for c in later for p in c.module.parameters()}
+    for mod in done.module.modules():
+        for name, p in list(mod._parameters.items()):
+            if p is not None and id(p) not in keep and p.device.type != "meta":
+                mod._parameters[name] = nn.Parameter(p.to("meta"), requires_grad=p.requires_grad)
+    gc.collect()
+
+
 def export(family_name: str, source: Source, out: str | Path, force: bool = False, progress=None,
            exporter: str | None = None, pipe=None, sizes: SizeRequest | None = None) -> Path:
     family = get_family(family_name)
@@ -74,6 +91,9 @@ def export(family_name: str, source: Source, out: str | Path, force: bool = Fals
     say = progress or (lambda msg: None)
     started = time.time()
     say(f"loading {family.name} ({source.kind})")
+    # A pipeline loaded here is this function's own: each component's weights are released once it
+    # is exported and validated (a caller's pipeline is left as it was given).
+    own = pipe is None
     pipe = pipe if pipe is not None else load_pipeline(family, source)
     arch = get_arch(family.arch)
     resolution = export_resolution(family.tiny_resolution if source.tiny else family.resolution,
@@ -88,13 +108,16 @@ def export(family_name: str, source: Source, out: str | Path, force: bool = Fals
 
     with write_artifact(out, force) as tmp:
         components = {}
-        for comp in comps:
+        for i, comp in enumerate(comps):
             say(f"exporting {comp.name} ({comp.params / 1e6:.1f}M params)")
             t0 = time.time()
             files = export_component(comp, tmp / comp.name, exporter or comp.exporter)
             t1 = time.time()
             say(f"validating {comp.name} against PyTorch")
-            validation = validate_component(comp, tmp / comp.name / "model.onnx")
+            release = (lambda c=comp, k=i: release_weights(c, comps[k + 1:])) if own else None
+            validation = validate_component(comp, tmp / comp.name / "model.onnx", release=release)
+            if release is not None:
+                release()
             rel = [f"{comp.name}/{f}" for f in files]
             components[comp.name] = {
                 "graph": f"{comp.name}/model.onnx",
