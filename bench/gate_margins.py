@@ -3,7 +3,10 @@ quality gate's measured values next to the pass's default thresholds: the eviden
 those defaults (how much margin each pass has, and where it is tight).
 
     python bench/gate_margins.py [--families sd15,sd21,...] [--passes int8,int4,...] \
-        [--work /tmp/edgegen-gate] [--record gate_margins]
+        [--work /tmp/edgegen-gate] [--record gate_margins [--merge]]
+
+--merge adds this run's rows to the existing record (replacing rows of the same family and
+pass) instead of rewriting it, and lists this run's command and machine under "added".
 
 Tiny configs with seeded random weights are harsher than real checkpoints for
 quantization (no smooth trained weight distributions, 32-wide layers where one outlier
@@ -25,7 +28,7 @@ sys.path.insert(0, str(HERE))
 from machine import describe  # noqa: E402
 
 FAMILIES = ["sd15", "sd21", "sd-turbo", "sdxl", "sdxl-turbo", "lcm-sd15", "flux-schnell", "sd35-medium",
-            "sana-1600m"]
+            "sana-1600m", "playground-v25", "auraflow"]
 PASSES = [("fp16", {}), ("bf16", {}), ("int8", {}), ("int8-dynamic", {}), ("fp8", {}), ("int4", {}),
           ("int8-weights", {}), ("fuse", {}), ("prune", {"mode": "n:m"})]
 
@@ -36,6 +39,8 @@ def main() -> None:
     ap.add_argument("--passes", default=",".join(p for p, _ in PASSES))
     ap.add_argument("--work", type=Path, default=Path("/tmp/edgegen-gate"))
     ap.add_argument("--record")
+    ap.add_argument("--merge", action="store_true", help="add the rows to the existing record")
+    ap.add_argument("--note", help="a line for the record (e.g. what else ran on the machine)")
     args = ap.parse_args()
 
     from edgegen.export.exporter import export
@@ -73,16 +78,35 @@ def main() -> None:
             shutil.rmtree(out, ignore_errors=True)
             rows.append(row)
             print(json.dumps(row), flush=True)
-    result = {"command": "python bench/gate_margins.py " + " ".join(sys.argv[1:]), "machine": describe(), "rows": rows}
+    argv = [a for i, a in enumerate(sys.argv[1:]) if a != "--note" and (i == 0 or sys.argv[i] != "--note")]
+    result = {"command": "python bench/gate_margins.py " + " ".join(argv), "machine": describe(), "rows": rows,
+              **({"note": args.note} if args.note else {})}
+    if args.record and args.merge and (HERE / "results" / f"{args.record}.json").exists():
+        result = merge(json.loads((HERE / "results" / f"{args.record}.json").read_text()), result)
     if args.record:
         write_record(args.record, result)
+
+
+def merge(old: dict, new: dict) -> dict:
+    """`old` with `new`'s rows in place of its rows of the same (family, pass) and the others after
+    them; new's command, machine and families under "added"."""
+    key = lambda row: (row["family"], row["pass"])  # noqa: E731
+    fresh = {key(row): row for row in new["rows"]}
+    rows = [fresh.pop(key(row), row) for row in old["rows"]] + list(fresh.values())
+    run = {k: v for k, v in new.items() if k != "rows"}
+    run["families"] = list(dict.fromkeys(row["family"] for row in new["rows"]))
+    return {**old, "rows": rows, "added": [*old.get("added", []), run]}
 
 
 def write_record(name: str, r: dict) -> None:
     res = HERE / "results"
     res.mkdir(exist_ok=True)
     (res / f"{name}.json").write_text(json.dumps(r, indent=2) + "\n")
+    added = [f"Rows of {', '.join(a['families'])} added by `{a['command']}` ({a['machine']['date']}, "
+             + ", ".join(f"{k} {v}" for k, v in a["machine"]["versions"].items()) + ")"
+             + (f"; {a['note']}" if a.get("note") else "") + "." for a in r.get("added", [])]
     lines = ["# Quality-gate margins on tiny exports (seeded random weights)", "", f"`{r['command']}`", "",
+             *[line for a in added for line in (a, "")],
              "Measured: worst component cosine / largest relative error (component outputs vs the parent graph "
              "along sampler trajectories), end-to-end worst image PSNR / SSIM vs the parent. Limits: the pass's "
              "default thresholds.", "",
