@@ -66,12 +66,7 @@ def main() -> None:
             t0 = time.time()
             try:
                 optimize(src, [p], out, force=True, trajectories=traj)
-                m = load_artifact(out, verify=False).manifest
-                gates = {c: r["gate"] for c, r in m["components"].items() if "gate" in r}
-                worst = min(gates, key=lambda c: gates[c]["cosine"])
-                e2e = m["gate"]["end_to_end"]
-                row.update(passed=True, worst_component=worst, cosine=gates[worst]["cosine"],
-                           rel_err=max(g["rel_err"] for g in gates.values()), psnr=e2e["psnr"], ssim=e2e["ssim"])
+                row.update(passed=True, **gate_summary(load_artifact(out, verify=False).manifest))
             except EdgegenError as e:
                 row.update(passed=False, error=str(e))
             row["seconds"] = round(time.time() - t0, 1)
@@ -96,6 +91,16 @@ def merge(old: dict, new: dict) -> dict:
     run = {k: v for k, v in new.items() if k != "rows"}
     run["families"] = list(dict.fromkeys(row["family"] for row in new["rows"]))
     return {**old, "rows": rows, "added": [*old.get("added", []), run]}
+
+
+def gate_summary(manifest: dict) -> dict:
+    """An optimized artifact's gate: the worst component by cosine, the largest relative error,
+    the end-to-end PSNR/SSIM."""
+    gates = {c: r["gate"] for c, r in manifest["components"].items() if "gate" in r}
+    worst = min(gates, key=lambda c: gates[c]["cosine"])
+    e2e = manifest["gate"]["end_to_end"]
+    return {"worst_component": worst, "cosine": gates[worst]["cosine"],
+            "rel_err": max(g["rel_err"] for g in gates.values()), "psnr": e2e["psnr"], "ssim": e2e["ssim"]}
 
 
 def write_record(name: str, r: dict) -> None:
