@@ -110,25 +110,31 @@ def write_record(name: str, r: dict) -> None:
     added = [f"Rows of {', '.join(a['families'])} added by `{a['command']}` ({a['machine']['date']}, "
              + ", ".join(f"{k} {v}" for k, v in a["machine"]["versions"].items()) + ")"
              + (f"; {a['note']}" if a.get("note") else "") + "." for a in r.get("added", [])]
-    lines = ["# Quality-gate margins on tiny exports (seeded random weights)", "", f"`{r['command']}`", "",
+    lines = ["# Quality-gate margins on tiny exports (seeded random weights) and on the trained edgegen-shapes",
+             "", f"`{r['command']}`", "",
              *[line for a in added for line in (a, "")],
              "Measured: worst component cosine / largest relative error (component outputs vs the parent graph "
              "along sampler trajectories), end-to-end worst image PSNR / SSIM vs the parent. Limits: the pass's "
-             "default thresholds.", "",
-             "| pass | family | cosine (min) | rel err (max) | PSNR dB (min) | SSIM (min) | passed |",
-             "|---|---|---|---|---|---|---|"]
+             "default thresholds. Adherence (edgegen-shapes only, its weights are trained): the share of 100 "
+             "held-out captions whose image a classifier reads as the right shape and colour, after the pass "
+             "(fp32 in brackets); for a refused pass, of what the pass makes with its gate off "
+             "(bench/shapes_adherence.py).", "",
+             "| pass | family | cosine (min) | rel err (max) | PSNR dB (min) | SSIM (min) | adherence (fp32) | passed |",
+             "|---|---|---|---|---|---|---|---|"]
     by_pass: dict[str, list] = {}
     for row in r["rows"]:
         by_pass.setdefault(row["pass"], []).append(row)
     for p, rows in by_pass.items():
         t = rows[0]["thresholds"]
-        lines.append(f"| **{p}** | *limit* | {t['cosine']} | {t['rel_err']} | {t['psnr']} | {t['ssim']} | |")
+        lines.append(f"| **{p}** | *limit* | {t['cosine']} | {t['rel_err']} | {t['psnr']} | {t['ssim']} | | |")
         for row in rows:
+            adh = (f"{row['adherence']:.0%} ({row['adherence_fp32']:.0%})" if row.get("adherence") is not None
+                   else "")
             if row["passed"]:
                 lines.append(f"| {p} | {row['family']} ({row['worst_component']}) | {row['cosine']:.4f} | "
-                             f"{row['rel_err']:.3f} | {row['psnr']:.1f} | {row['ssim']:.3f} | yes |")
+                             f"{row['rel_err']:.3f} | {row['psnr']:.1f} | {row['ssim']:.3f} | {adh} | yes |")
             else:
-                lines.append(f"| {p} | {row['family']} | | | | | no: {row['error'][:120]} |")
+                lines.append(f"| {p} | {row['family']} | | | | | {adh} | no: {row['error'][:120]} |")
     (res / f"{name}.md").write_text("\n".join(lines) + "\n")
 
 

@@ -268,8 +268,10 @@ def _check_available(baseline: str) -> None:
 
 
 def _command(artifact, device, baseline, runs, warmup, steps, height, width, as_json, report, estimate, no_verify,
-             interleave=False) -> str:
+             interleave=False, memory="resident") -> str:
     args = ["edgegen", "bench", str(artifact), "--device", device]
+    if memory != "resident":
+        args += ["--memory", memory]
     for flag, v in (("--baseline", baseline), ("--steps", steps), ("--height", height), ("--width", width)):
         if v is not None:
             args += [flag, str(v)]
@@ -283,7 +285,7 @@ def _command(artifact, device, baseline, runs, warmup, steps, height, width, as_
 
 
 def measure(art, profile, host, baseline, runs, warmup, steps, height, width, verify, status=None,
-            interleave: bool = False) -> dict:
+            interleave: bool = False, memory: str = "resident") -> dict:
     from .host import runtime_device
 
     manifest, r = art.manifest, art.manifest["pipeline"]
@@ -291,7 +293,7 @@ def measure(art, profile, host, baseline, runs, warmup, steps, height, width, ve
     gpu = device == "cuda"
     base_cfg = {"artifact": str(art.root), "device": device, "prompt": PROMPT, "steps": steps,
                 "guidance": r["defaults"]["guidance"], "sampler": r["defaults"]["sampler"], "seed": 0,
-                "height": height, "width": width, "runs": runs, "warmup": warmup, "verify": verify}
+                "height": height, "width": width, "runs": runs, "warmup": warmup, "verify": verify, "memory": memory}
     results, images = {}, {}
     modes = ["edgegen"] + ([baseline] if baseline else [])
     with tempfile.TemporaryDirectory(prefix="edgegen-bench-") as tmp:
@@ -387,8 +389,11 @@ def _device_bench(profile, families, artifacts, steps, as_json, report, *unused)
 @click.option("--interleave", is_flag=True,
               help="With --baseline: keep both loaded and alternate their runs (fairer ratios on a busy host; "
                    "needs the memory of both at once).")
+@click.option("--memory", type=click.Choice(["resident", "sequential"]), default="resident", show_default=True,
+              help="edgegen's memory mode: every component kept loaded, or one stage's at a time (each image "
+                   "then reloads them; stage times exclude loading, the per-image time includes it).")
 def bench_cmd(artifact, device, families, artifacts, baseline, runs, warmup, steps, height, width, as_json, report,
-              estimate, no_verify, interleave):
+              estimate, no_verify, interleave, memory):
     """Measure ARTIFACT on this host: per-stage latency, end to end, peak memory.
 
     Without ARTIFACT: the --device across every family (fit, plan, latency per stage and
@@ -415,6 +420,8 @@ def bench_cmd(artifact, device, families, artifacts, baseline, runs, warmup, ste
         raise EdgegenError("--estimate measures nothing, so it takes no --baseline or --interleave")
     if interleave and not baseline:
         raise EdgegenError("--interleave alternates edgegen with a --baseline; give one")
+    if interleave and memory == "sequential":
+        raise EdgegenError("--interleave keeps both runners loaded, which --memory sequential does not; choose one")
     pipe = Pipeline.load(artifact, verify=False)   # reads the manifest; no sessions yet
     d = pipe.defaults
     steps, height, width = steps or d["steps"], height or d["height"], width or d["width"]
@@ -424,7 +431,7 @@ def bench_cmd(artifact, device, families, artifacts, baseline, runs, warmup, ste
         raise EdgegenError(f"{artifact}: its manifest has no recipe field {e} (written by an older edgegen); "
                            "export it again") from None
     command = _command(artifact, device, baseline, runs, warmup, steps, height, width, as_json, report, estimate, no_verify,
-                       interleave)
+                       interleave, memory)
     from .machine import describe
 
     manifest = pipe.artifact.manifest
@@ -433,7 +440,7 @@ def bench_cmd(artifact, device, families, artifacts, baseline, runs, warmup, ste
                          "denoiser": manifest["pipeline"]["denoiser"],
                          "source": manifest.get("source"), "bytes": pipe.artifact.total_bytes(),
                          "precisions": {n: c.get("precision", "fp32") for n, c in manifest["components"].items()}},
-            "settings": {"steps": steps, "height": height, "width": width, "sampler": d["sampler"],
+            "settings": {"steps": steps, "height": height, "width": width, "sampler": d["sampler"], "memory": memory,
                          "guidance": d["guidance"], "prompt": PROMPT, "seed": 0}}
     if (manifest.get("source") or {}).get("kind") == "random":
         head["weights_note"] = WEIGHTS_NOTE
@@ -456,7 +463,7 @@ def bench_cmd(artifact, device, families, artifacts, baseline, runs, warmup, ste
 
         with Console(stderr=True).status("measuring") as status:
             body = measure(pipe.artifact, profile, host, baseline, runs, warmup, steps, height, width, False, status,
-                           interleave)
+                           interleave, memory)
         result = {**head, "kind": "measurement", **body,
                   "budget": {"device_memory_gib": profile.memory_gb, "usable_gib": round(profile.usable_gb, 3)}}
     _emit(result, rep, as_json, report)

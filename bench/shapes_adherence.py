@@ -24,7 +24,8 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from gate_margins import gate_summary  # noqa: E402
+from gate_margins import gate_summary, merge  # noqa: E402
+from gate_margins import write_record as write_margins  # noqa: E402
 from machine import describe  # noqa: E402
 
 PASSES = [("fp16", {}), ("bf16", {}), ("int8", {}), ("int8-dynamic", {}), ("fp8", {}), ("int4", {}),
@@ -66,6 +67,8 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("/tmp/edgegen-shapes-bench"))
     ap.add_argument("--record")
     ap.add_argument("--grid", help="write bench/results/<GRID>.png: the fp32 model on a few captions")
+    ap.add_argument("--margins", help="merge the optimize rows into bench/results/<MARGINS>.json/.md "
+                    "(the gate-margins record), with adherence beside each pass's gate values")
     a = ap.parse_args()
 
     from edgegen.export.exporter import export
@@ -145,6 +148,24 @@ def main() -> None:
               "training": train, "captions": a.n, "steps": fam.steps, "guidance": fam.guidance, "rows": rows}
     if a.record:
         write_record(a.record, result)
+    if a.margins:
+        margins(a.margins, result)
+
+
+def margins(name: str, r: dict) -> None:
+    """The optimize rows as gate-margins rows (family "edgegen-shapes (trained)"), merged into that record."""
+    fp32 = r["rows"][0]["adherence"]
+    rows = []
+    for row in r["rows"]:
+        if row["kind"] != "optimize":
+            continue
+        g = dict(row["gate"])
+        out = {"family": "edgegen-shapes (trained)", "pass": row["variant"], "thresholds": row["thresholds"],
+               "passed": g.pop("passed"), **g, "adherence": row.get("adherence"), "adherence_fp32": fp32}
+        rows.append(out)
+    path = HERE / "results" / f"{name}.json"
+    new = {"command": r["command"], "machine": r["machine"], "rows": rows}
+    write_margins(name, merge(json.loads(path.read_text()), new) if path.exists() else new)
 
 
 def write_record(name: str, r: dict) -> None:
@@ -182,11 +203,15 @@ def write_record(name: str, r: dict) -> None:
         L.append(f"| {row['variant']} | {adh} | {fmt('shape')} | {fmt('colour')} | {fmt('background')} | {q} | "
                  f"{gate} | {'yes' if g.get('passed') else ('no' if g else '-')} | {row.get('seconds_per_image', '-')} |")
     tr = r["training"]
-    L += ["", f"Training (`{'`, then `'.join(tr.get('commands', []))}`): seed {tr.get('seed')}, {tr.get('images')} images, "
-          f"VAE {tr.get('vae_steps')} steps in {tr.get('vae_seconds')} s (final L1+MSE {tr.get('vae_final_reconstruction_l1_plus_mse')}), "
-          f"UNet + text encoder {tr.get('unet_steps')} steps x {tr.get('unet_batch')} in {tr.get('unet_seconds')} s "
-          f"(final eps MSE {tr.get('unet_final_eps_mse_ema')}), {tr.get('torch_threads')} threads, parameters "
-          f"{tr.get('parameters')}."]
+    runs = [f"VAE {v['steps']} steps x {v['batch']} at lr {v['lr']}{' (resumed)' if v.get('resumed_from') else ''} "
+            f"in {v['seconds']} s, final L1+MSE {v['final_reconstruction_l1_plus_mse']}" for v in tr.get("vae_runs", [])]
+    runs += [f"UNet + text encoder ({u.get('text_encoder', 'joint')}) {u['steps']} steps x {u['batch']} at lr {u['lr']}"
+             f"{' (resumed)' if u.get('resumed_from') else ''} in {u['seconds']} s on {u['scheduler']['beta_schedule']} "
+             f"betas to {u['scheduler']['beta_end']}, final loss "
+             f"{u.get('final_loss_min_snr_weighted', u.get('final_eps_mse_ema'))}" for u in tr.get("unet_runs", [])]
+    L += ["", f"Training, in order (`{'`, then `'.join(tr.get('commands', []))}`): seed {tr.get('seed')}, "
+          f"{tr.get('images')} images, {tr.get('torch_threads')} threads; " + "; ".join(runs)
+          + f". Parameters {tr.get('parameters')}."]
     (res / f"{name}.md").write_text("\n".join(L) + "\n")
 
 

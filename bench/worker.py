@@ -58,19 +58,23 @@ class Recorder:
 def _edgegen_runner(cfg: dict, manifest: dict, rec: Recorder):
     from ..runtimes.pipeline import Pipeline
 
+    memory = cfg.get("memory", "resident")
     if cfg["mode"] == "openvino":   # the same graphs and loop, OpenVINO's backend at load time
         pipe = Pipeline.load(cfg["artifact"], device="GPU" if cfg["device"] == "cuda" else "CPU",
-                             verify=cfg.get("verify", True), backend="openvino")
+                             verify=cfg.get("verify", True), backend="openvino", memory=memory)
     else:                           # onnxruntime, or the backend a compiled artifact names
         pipe = Pipeline.load(cfg["artifact"], device=None if "target" in manifest else cfg["device"],
-                             verify=cfg.get("verify", True))
+                             verify=cfg.get("verify", True), memory=memory)
     r = pipe.recipe
     # Sessions and tokenizers are created lazily; create them now so loading is not timed as a stage.
+    # Sequential memory loads each stage's components when it runs, after releasing the others: a
+    # stage's time never includes loading (the pipeline loads before its timer starts), the image's does.
     for te in r["text_encoders"]:
         pipe.tokenizer(te["tokenizer"], te.get("label"))
-        pipe.component(te["component"])
-    pipe.component(r["denoiser"])
-    pipe.component(r["vae_decoder"])
+        if memory == "resident":
+            pipe.component(te["component"])
+    if memory == "resident":
+        pipe.component(r["vae_decoder"])
     pipe.observers.append(rec.observer)
     be = pipe.backend
     sess = pipe.component(r["denoiser"])
@@ -80,11 +84,14 @@ def _edgegen_runner(cfg: dict, manifest: dict, rec: Recorder):
                        + (", compiled" if target else ""),
             **be.versions(),
             "providers": sess.session.get_providers() if hasattr(sess, "session") else None,
-            "intra_op_threads": "backend default (one per physical core)",
+            "intra_op_threads": "backend default (one per physical core)", "memory_mode": memory,
             "memory_after_load": be.memory()}
     if target:
         info["compile"] = {"target": target["target"], "seconds": target["build"]["seconds"],
                            "gate": target.get("gate", {}).get("end_to_end")}
+    if memory == "sequential":
+        del sess
+        pipe.release()   # the warm-up and measured runs start from nothing loaded, each loading in turn
 
     def generate(latents):
         return pipe(cfg["prompt"], steps=cfg["steps"], guidance=cfg["guidance"], sampler=cfg["sampler"], seed=cfg["seed"],

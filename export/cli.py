@@ -194,10 +194,13 @@ def export_cmd(family, weights, random_weights, tiny, out, force, seed, trust_pi
 @click.option("--backend", type=click.Choice(["onnxruntime", "openvino", "tensorrt", "tensorrt-rtx"]),
               help="Run an uncompiled artifact on this backend (a compiled one knows its own).")
 @click.option("--precision", help="Inference precision for --backend openvino (f32, bf16, f16).")
+@click.option("--memory", type=click.Choice(["sequential", "resident"]), default="sequential", show_default=True,
+              help="sequential: hold one stage's components at a time (text encoders, denoiser, VAE), so the peak is "
+                   "the largest stage; one image loads each component once either way, so it costs no time here.")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("image.png"), show_default=True)
 @click.option("--force", is_flag=True, help="Overwrite --out if it exists.")
 def generate_cmd(artifact, prompt, steps, guidance, height, width, seed, sampler, negative_prompt, latents,
-                 image_path, mask_path, strength, device, backend, precision, out, force):
+                 image_path, mask_path, strength, device, backend, precision, memory, out, force):
     """Generate an image from PROMPT with an exported ARTIFACT (no torch needed)."""
     import numpy as np
     from rich.progress import Progress
@@ -219,7 +222,7 @@ def generate_cmd(artifact, prompt, steps, guidance, height, width, seed, sampler
             raise EdgegenError(f"--latents {latents}: cannot read a .npy array ({e})") from None
     init = None if image_path is None else load_image(image_path, "--image")
     mask = None if mask_path is None else load_image(mask_path, "--mask")
-    pipe = Pipeline.load(artifact, device=device, backend=backend, precision=precision)
+    pipe = Pipeline.load(artifact, device=device, backend=backend, precision=precision, memory=memory)
     d = pipe.defaults
     steps = d["steps"] if steps is None else steps
     guidance = d["guidance"] if guidance is None else guidance

@@ -81,6 +81,7 @@ class Backend:
         if precision is not None and precision not in self.precisions:
             raise EdgegenError(f"{self.name} has no precision {precision!r}; known: {', '.join(self.precisions) or 'none'}")
         self.precision, self.threads, self.options = precision, threads, dict(options or {})
+        self.memory_mode = "resident"   # the pipeline's (Pipeline(memory=...)); backends may size their pools by it
 
     # -- availability and facts -----------------------------------------------------------
     @classmethod

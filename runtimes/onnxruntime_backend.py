@@ -22,16 +22,23 @@ PROVIDERS = {
     "cpu": ["CPUExecutionProvider"],
     "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
 }
+# Session memory settings, each a backend option (Pipeline.load(backend_options=...)); the values
+# here are onnxruntime's own defaults. bench/memory_where.py measures each one's effect.
+MEMORY_DEFAULTS = {
+    "cpu_mem_arena": True,      # SessionOptions.enable_cpu_mem_arena: activations from a growing BFC arena
+    "mem_pattern": True,        # SessionOptions.enable_mem_pattern: one planned activation block per shape
+    "prepacking": True,         # False: session.disable_prepacking (no MLAS-packed copies of weights)
+}
 
 
 def make_session(graph: Path, device: str = "cpu", threads: int = 0, provider_options: dict | None = None,
-                 root: Path | None = None, fixed: dict[str, int] | None = None):
+                 root: Path | None = None, fixed: dict[str, int] | None = None, memory: dict | None = None):
     """An InferenceSession on `device`'s providers; refuses a silent fallback to CPU.
     With `root`, the graph and its external data must lie inside that artifact folder.
     `fixed` pins symbolic dims by name (a static shape profile): ORT then folds the Shape/Gather/
     Concat chains that compute reshape targets at run time. The CUDA EP places those int64 chains
     on the CPU, and one CPU node is enough for ORT to refuse CUDA graph capture; on a tiny SD1.5
-    UNet pinning removed all 51 Shape nodes."""
+    UNet pinning removed all 51 Shape nodes. `memory`: MEMORY_DEFAULTS keys to change."""
     import onnxruntime as ort
 
     if root is not None:
@@ -45,6 +52,10 @@ def make_session(graph: Path, device: str = "cpu", threads: int = 0, provider_op
         opts.intra_op_num_threads = threads
     for name, value in (fixed or {}).items():
         opts.add_free_dimension_override_by_name(name, int(value))
+    mem = memory_settings(memory)
+    opts.enable_cpu_mem_arena, opts.enable_mem_pattern = mem["cpu_mem_arena"], mem["mem_pattern"]
+    if not mem["prepacking"]:
+        opts.add_session_config_entry("session.disable_prepacking", "1")
     providers = list(PROVIDERS[device])
     if provider_options:
         providers[0] = (providers[0], {k: str(v) for k, v in provider_options.items()})
@@ -56,12 +67,19 @@ def make_session(graph: Path, device: str = "cpu", threads: int = 0, provider_op
     return session
 
 
+def memory_settings(memory: dict | None) -> dict[str, bool]:
+    unknown = sorted(set(memory or {}) - set(MEMORY_DEFAULTS))
+    if unknown:
+        raise EdgegenError(f"unknown onnxruntime memory option {unknown[0]!r}; known: {', '.join(MEMORY_DEFAULTS)}")
+    return {**MEMORY_DEFAULTS, **{k: bool(v) for k, v in (memory or {}).items()}}
+
+
 class OrtComponent:
     """A component graph with its IOSpec; checks feeds against the spec before running."""
 
     def __init__(self, name: str, graph: Path, io: IOSpec, device: str = "cpu", threads: int = 0,
-                 root: Path | None = None):
-        self.session = make_session(graph, device, threads, root=root, fixed=io.fixed_sizes())
+                 root: Path | None = None, memory: dict | None = None):
+        self.session = make_session(graph, device, threads, root=root, fixed=io.fixed_sizes(), memory=memory)
         self.name, self.io = name, io
 
     def __call__(self, **feeds: np.ndarray) -> dict[str, np.ndarray]:
@@ -148,6 +166,10 @@ class OnnxRuntimeBackend(Backend):
     devices = ("cpu", "cuda")
     runs_onnx_graphs = True
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.memory_options()   # an unknown option fails here, before any session is built
+
     def library_packages(self) -> tuple[str, ...]:
         return ("onnxruntime", "onnxruntime_gpu")
 
@@ -180,7 +202,23 @@ class OnnxRuntimeBackend(Backend):
             cg = bool(self.options.get("cuda_graph", spec.static))
             return OrtCudaComponent(spec.name, spec.graph, spec.io, self.threads,
                                     int(self.options.get("device_id", 0)), cg, root=spec.root)
-        return OrtComponent(spec.name, spec.graph, spec.io, "cpu", self.threads, root=spec.root)
+        return OrtComponent(spec.name, spec.graph, spec.io, "cpu", self.threads, root=spec.root,
+                            memory=self.memory_options())
+
+    def memory_options(self) -> dict:
+        """The session memory settings among this backend's options (checked, ORT's defaults filled in)."""
+        unknown = sorted(set(self.options) - {"cuda_graph", "device_id", *MEMORY_DEFAULTS})
+        if unknown:
+            raise EdgegenError(f"unknown onnxruntime option {unknown[0]!r}; known: cuda_graph, device_id, "
+                               f"{', '.join(MEMORY_DEFAULTS)}")
+        given = {k: v for k, v in self.options.items() if k in MEMORY_DEFAULTS}
+        if self.memory_mode == "sequential" and self.device == "cpu":
+            # Measured on the real-size SD1.5 (bench/results/memory_sd15.md): the CPU arena keeps every
+            # block a session ever held, and with the memory pattern the second run of a shape takes
+            # one planned block beside the first run's chunks, so the UNet's activations are held
+            # twice (+2.2 GiB after the 2nd step). Without the arena they go back after each run.
+            given.setdefault("cpu_mem_arena", False)
+        return memory_settings(given)
 
     def memory(self) -> dict:
         out = super().memory()

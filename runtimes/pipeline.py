@@ -6,6 +6,7 @@ flux_pipeline.py, ...), chosen by the recipe's "kind".
 """
 from __future__ import annotations
 
+import gc
 import importlib
 import math
 import time
@@ -25,6 +26,7 @@ from .tokenizer import TextTokenizer
 
 KINDS = {"unet": "unet_pipeline", "flux": "flux_pipeline", "sd3": "sd3_pipeline", "sana": "sana_pipeline",
          "auraflow": "auraflow_pipeline"}
+MEMORY_MODES = ("resident", "sequential")
 IMG2IMG_STRENGTH = 0.8   # StableDiffusionImg2ImgPipeline's default
 INPAINT_STRENGTH = 1.0   # StableDiffusionInpaintPipeline's: start from pure noise
 
@@ -38,7 +40,7 @@ class ImageInput:
 
 
 def resolve_backend(art: Artifact, backend: str | None, device: str | None, precision: str | None,
-                    threads: int) -> Backend:
+                    threads: int, options: dict | None = None) -> Backend:
     """The backend an artifact runs on: the one it was compiled for (refusing a host whose
     fingerprint differs), else `backend` (onnxruntime by default) at load time."""
     target = art.manifest.get("target")
@@ -48,8 +50,8 @@ def resolve_backend(art: Artifact, backend: str | None, device: str | None, prec
             device = "cpu"
         if name == "openvino" and device in ("cpu", "cuda"):
             device = {"cpu": "CPU", "cuda": "GPU"}[device]
-        return get_backend(name, device, precision, threads)
-    name, opts = target["backend"], dict(target["options"])
+        return get_backend(name, device, precision, threads, options)
+    name, opts = target["backend"], {**target["options"], **(options or {})}
     if backend is not None and backend != name:
         raise EdgegenError(f"{art.root} is compiled for {name}; it cannot run on {backend} "
                            f"(load its parent artifact with backend={backend!r}, or compile one for it)")
@@ -83,10 +85,19 @@ class Pipeline:
     round_kept_steps_down = True
 
     def __init__(self, artifact: Artifact, device: str | None = None, threads: int = 0, backend: str | None = None,
-                 precision: str | None = None):
+                 precision: str | None = None, memory: str = "resident", backend_options: dict | None = None):
+        """`backend_options`: run settings of the backend (e.g. onnxruntime's cpu_mem_arena).
+        `memory`: "resident" keeps every component loaded once it has run (fastest for many
+        images in one process); "sequential" holds one stage's components at a time (text
+        encoders, then the denoiser, then the VAE), releasing the others before the next loads:
+        the peak is then the largest stage, not their sum, at the cost of reloading per image."""
+        if memory not in MEMORY_MODES:
+            raise EdgegenError(f"unknown memory mode {memory!r}; known: {', '.join(MEMORY_MODES)}")
+        self.memory = memory
         self.artifact = artifact
         self.recipe = artifact.manifest["pipeline"]
-        self.backend = resolve_backend(artifact, backend, device, precision, threads)
+        self.backend = resolve_backend(artifact, backend, device, precision, threads, backend_options)
+        self.backend.memory_mode = memory
         self.device, self.threads = self.backend.device, threads
         self._components: dict[str, Callable[..., dict[str, np.ndarray]]] = {}
         self._tokenizers: dict[str, TextTokenizer] = {}
@@ -101,21 +112,25 @@ class Pipeline:
 
     @classmethod
     def load(cls, path: str | Path, device: str | None = None, verify: bool = True, threads: int = 0,
-             backend: str | None = None, precision: str | None = None) -> "Pipeline":
+             backend: str | None = None, precision: str | None = None, memory: str = "resident",
+             backend_options: dict | None = None) -> "Pipeline":
         """`backend` picks one at load time for an artifact that was not compiled; a compiled
         artifact (`edgegen compile`) runs on the backend it was compiled and gated for."""
         return cls.for_artifact(load_artifact(path, verify=verify), device=device, threads=threads,
-                                backend=backend, precision=precision)
+                                backend=backend, precision=precision, memory=memory,
+                                backend_options=backend_options)
 
     @staticmethod
     def for_artifact(art: Artifact, device: str | None = None, threads: int = 0, backend: str | None = None,
-                     precision: str | None = None) -> "Pipeline":
+                     precision: str | None = None, memory: str = "resident",
+                     backend_options: dict | None = None) -> "Pipeline":
         """The pipeline class of the artifact's recipe kind, on an already loaded artifact."""
         kind = art.manifest.get("pipeline", {}).get("kind")
         if kind not in KINDS:
             raise EdgegenError(f"{art.root}: unknown pipeline kind {kind!r}; this edgegen runs {', '.join(KINDS)}")
         impl = getattr(importlib.import_module(f"{__package__}.{KINDS[kind]}"), "PIPELINE")
-        return impl(art, device=device, threads=threads, backend=backend, precision=precision)
+        return impl(art, device=device, threads=threads, backend=backend, precision=precision, memory=memory,
+                    backend_options=backend_options)
 
     @property
     def defaults(self) -> dict:
@@ -123,8 +138,31 @@ class Pipeline:
 
     def component(self, name: str) -> Callable[..., dict[str, np.ndarray]]:
         if name not in self._components:
+            if self.memory == "sequential":
+                self.release(keep=self.stage_of(name))
             self._components[name] = self.backend.load(component_spec(self.artifact, name))
         return self._components[name]
+
+    def stage_of(self, name: str) -> str:
+        """The stage a component belongs to: its text encoders run together (SDXL's two, SD3's
+        three, once for the prompt and once for the negative), the denoiser alone over the loop,
+        the VAE's encoder and decoder each alone."""
+        r = self.recipe
+        if name in {te["component"] for te in r.get("text_encoders", ())}:
+            return "text"
+        return "denoiser" if name == r.get("denoiser") else name
+
+    def release(self, keep: str | None = None) -> None:
+        """Drop every loaded component (and one-call denoise graph) outside stage `keep`, so that
+        its memory is free before the next stage's session is built."""
+        gone = [n for n in self._components if self.stage_of(n) != keep]
+        for n in gone:
+            del self._components[n]
+        if keep != "denoiser" and self._denoise_graphs:
+            gone.append("denoise_graph")
+            self._denoise_graphs.clear()
+        if gone:
+            gc.collect()   # a session caught in a reference cycle would keep its arena until the next collection
 
     def tokenizer(self, name: str, label: str | None = None) -> TextTokenizer:
         if name not in self._tokenizers:
@@ -344,6 +382,8 @@ class Pipeline:
         if key is None:
             return None
         if key not in self._denoise_graphs:
+            if self.memory == "sequential":
+                self.release(keep="denoiser")
             entry = self.artifact.manifest["denoise_graphs"][key]
             self._denoise_graphs[key] = DenoiseGraph(self.artifact.root, entry, self.device, self.threads)
         return self._denoise_graphs[key]

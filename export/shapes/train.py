@@ -7,8 +7,9 @@ scheduler) at tiny widths, on the procedural shapes data.
 1. VAE on the images (L1 + a small KL, as the SD VAE's objective without its GAN term).
 2. Latents of the whole set from the trained encoder; the scaling factor is 1/std of them,
    as SD's 0.18215 was derived.
-3. UNet and text encoder jointly on (latent, caption) with the epsilon objective of the SD
-   scheduler's betas, 10% empty captions so classifier-free guidance works.
+3. UNet and text encoder jointly on (latent, caption) with the family scheduler's objective
+   (v-prediction) and betas, min-SNR-5 weighted, 10% empty captions so classifier-free guidance works;
+   the saved weights are their EMA. `--resume` continues from a saved pipeline.
 Writes with `save_pretrained` (safetensors, fp16 to keep the package small) and a
 train.json with the command, seed, wall times and final losses.
 """
@@ -43,17 +44,19 @@ def _to_tensor(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
 
 
-def train_vae(images: torch.Tensor, steps: int, batch: int, seed: int, t0: float):
+def train_vae(images: torch.Tensor, steps: int, batch: int, seed: int, t0: float, lr: float,
+              resume: Path | None, device: str):
     from diffusers import AutoencoderKL
 
     torch.manual_seed(seed)
-    vae = AutoencoderKL(**_cfg(FAMILY.vae.config))
-    opt = torch.optim.AdamW(vae.parameters(), lr=2e-3, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, 2e-3, total_steps=steps, pct_start=0.05)
+    vae = (AutoencoderKL.from_pretrained(resume / "vae", torch_dtype=torch.float32) if resume
+           else AutoencoderKL(**_cfg(FAMILY.vae.config))).to(device).train()
+    opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=steps, pct_start=0.05)
     g = torch.Generator().manual_seed(seed)
     loss = rec = None
     for step in range(steps):
-        x = images[torch.randint(len(images), (batch,), generator=g)]
+        x = images[torch.randint(len(images), (batch,), generator=g)].to(device)
         post = vae.encode(x).latent_dist
         y = vae.decode(post.sample(generator=g)).sample
         rec = F.l1_loss(y, x) + F.mse_loss(y, x)
@@ -64,7 +67,7 @@ def train_vae(images: torch.Tensor, steps: int, batch: int, seed: int, t0: float
         sched.step()
         if step % 50 == 0 or step == steps - 1:
             _log(t0, f"vae {step}/{steps}: reconstruction {rec.item():.4f}")
-    return vae.eval(), float(rec.item())
+    return vae.cpu().eval(), float(rec.item())
 
 
 @torch.no_grad()
@@ -78,37 +81,59 @@ def tokenize(tokenizer, captions: list[str]) -> torch.Tensor:
 
 
 def train_unet(latents: torch.Tensor, ids: torch.Tensor, empty: torch.Tensor, steps: int, batch: int, seed: int,
-               t0: float, scheduler):
+               t0: float, scheduler, lr: float, resume: Path | None, device: str, frozen_text: bool):
     from diffusers import UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     torch.manual_seed(seed + 1)
-    unet, text = UNet2DConditionModel(**_cfg(FAMILY.denoiser.config)), CLIPTextModel(CLIPTextConfig(**TEXT))
-    params = [*unet.parameters(), *text.parameters()]
-    opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, 1e-3, total_steps=steps, pct_start=0.05)
-    acp = scheduler.alphas_cumprod
+    if resume:
+        unet = UNet2DConditionModel.from_pretrained(resume / "unet", torch_dtype=torch.float32)
+        text = CLIPTextModel.from_pretrained(resume / "text_encoder", torch_dtype=torch.float32)
+    else:
+        unet, text = UNet2DConditionModel(**_cfg(FAMILY.denoiser.config)), CLIPTextModel(CLIPTextConfig(**TEXT))
+    unet, text = unet.to(device).train(), text.to(device).train()
+    text.requires_grad_(not frozen_text)
+    params = [*unet.parameters(), *([] if frozen_text else text.parameters())]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=steps, pct_start=0.05)
+    # The saved weights are an exponential moving average of the trained ones: for small diffusion
+    # models that is worth thousands of steps of sample quality (as in DDPM and every diffusers
+    # training example).
+    from diffusers.training_utils import EMAModel
+
+    ema = EMAModel(params, decay=0.999, use_ema_warmup=True, power=2 / 3)
+    acp = scheduler.alphas_cumprod.to(device)
+    # Min-SNR-5 loss weights (Hang et al. 2023): the nearly clean timesteps stop dominating the
+    # loss, and the noisy ones, where layout and shape are decided, get their share.
+    snr = acp / (1 - acp)
+    v_pred = FAMILY.scheduler["prediction_type"] == "v_prediction"
+    weight = snr.clamp(max=5.0) / (snr + 1 if v_pred else snr)
+    latents, ids, empty = latents.to(device), ids.to(device), empty.to(device)
     g = torch.Generator().manual_seed(seed + 1)
-    ema, ema_loss = None, None
+    avg_loss = None
     for step in range(steps):
-        idx = torch.randint(len(latents), (batch,), generator=g)
+        idx = torch.randint(len(latents), (batch,), generator=g).to(device)
         x0, tok = latents[idx], ids[idx].clone()
-        tok[torch.rand(batch, generator=g) < 0.1] = empty     # unconditional rows, for CFG
-        noise = torch.randn(x0.shape, generator=g)
-        t = torch.randint(0, len(acp), (batch,), generator=g)
+        tok[(torch.rand(batch, generator=g) < 0.1).to(device)] = empty     # unconditional rows, for CFG
+        noise = torch.randn(x0.shape, generator=g).to(device)
+        t = torch.randint(0, len(acp), (batch,), generator=g).to(device)
         a = acp[t].view(-1, 1, 1, 1)
         xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
         cond = text(tok).last_hidden_state
-        loss = F.mse_loss(unet(xt, t, encoder_hidden_states=cond).sample, noise)
+        target = a.sqrt() * noise - (1 - a).sqrt() * x0 if v_pred else noise
+        err = (unet(xt, t, encoder_hidden_states=cond).sample - target).pow(2).mean(dim=(1, 2, 3))
+        loss = (weight[t] * err).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         sched.step()
-        ema_loss = loss.item() if ema_loss is None else 0.98 * ema_loss + 0.02 * loss.item()
+        ema.step(params)
+        avg_loss = loss.item() if avg_loss is None else 0.98 * avg_loss + 0.02 * loss.item()
         if step % 250 == 0 or step == steps - 1:
-            _log(t0, f"unet {step}/{steps}: loss {ema_loss:.4f}")
-    return unet.eval(), text.eval(), float(ema_loss)
+            _log(t0, f"unet {step}/{steps}: loss {avg_loss:.4f}")
+    ema.copy_to(params)
+    return unet.cpu().eval(), text.cpu().eval(), float(avg_loss)
 
 
 def main(argv=None) -> int:
@@ -120,6 +145,13 @@ def main(argv=None) -> int:
     ap.add_argument("--unet-steps", type=int, default=3500)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--vae-lr", type=float, default=2e-3)
+    ap.add_argument("--unet-lr", type=float, default=1e-3)
+    ap.add_argument("--resume", type=Path, help="start from this pipeline folder's weights (e.g. the shipped one) "
+                    "instead of random init; pass a lower --vae-lr/--unet-lr")
+    ap.add_argument("--frozen-text", action="store_true", help="keep the text encoder at its (random or resumed) "
+                    "weights: the frozen-vs-joint comparison")
+    ap.add_argument("--device", default="cpu", help="torch device to train on (e.g. cuda on a lent GPU)")
     ap.add_argument("--stage", choices=("vae", "unet", "all"), default="all",
                     help="vae: train and save the VAE alone (to --out/vae); unet: reuse that VAE")
     a = ap.parse_args(argv)
@@ -136,7 +168,8 @@ def main(argv=None) -> int:
     t0 = time.time()
     a.out.mkdir(parents=True, exist_ok=True)
     record_path = a.out / "train.json"
-    record = json.loads(record_path.read_text()) if a.stage == "unet" and record_path.exists() else {}
+    keep = (a.stage == "unet" or a.resume) and record_path.exists()
+    record = json.loads(record_path.read_text()) if keep else {}
     record.setdefault("commands", []).append("python -m edgegen.export.shapes.train " + " ".join(argv or sys.argv[1:]))
     record.update(seed=a.seed, images=a.images, torch_threads=torch.get_num_threads())
     images_np, captions, _ = data.dataset(a.images, a.seed)
@@ -145,12 +178,13 @@ def main(argv=None) -> int:
     if a.stage == "unet":
         vae = AutoencoderKL.from_pretrained(a.out / "vae", torch_dtype=torch.float32).eval()
     else:
-        vae, vae_rec = train_vae(images, a.vae_steps, 32, a.seed, t0)
+        vae, vae_rec = train_vae(images, a.vae_steps, 32, a.seed, t0, a.vae_lr, a.resume, a.device)
         latents = encode_all(vae, images)
         vae.register_to_config(scaling_factor=float(1.0 / latents.std()))
-        record.update(vae_steps=a.vae_steps, vae_batch=32, vae_seconds=round(time.time() - t0, 1),
-                      vae_final_reconstruction_l1_plus_mse=round(vae_rec, 5),
-                      latent_scaling_factor=round(vae.config.scaling_factor, 5))
+        run = dict(steps=a.vae_steps, batch=32, lr=a.vae_lr, resumed_from=str(a.resume or ""),
+                   seconds=round(time.time() - t0, 1), final_reconstruction_l1_plus_mse=round(vae_rec, 5))
+        record.setdefault("vae_runs", []).append(run)
+        record.update(latent_scaling_factor=round(vae.config.scaling_factor, 5))
         if a.stage == "vae":
             vae.save_pretrained(a.out / "vae", safe_serialization=True)
             record_path.write_text(json.dumps(record, indent=1) + "\n")
@@ -161,9 +195,15 @@ def main(argv=None) -> int:
     tokenizer = CLIPTokenizer.from_pretrained(write_clip_tokenizer(Path(tempfile.mkdtemp()) / "tokenizer"))
     ids, empty = tokenize(tokenizer, captions), tokenize(tokenizer, [""])[0]
     train_sched = DDPMScheduler.from_config(_cfg(FAMILY.scheduler))
-    unet, text, unet_loss = train_unet(latents, ids, empty, a.unet_steps, a.batch, a.seed, t0, train_sched)
-    record.update(unet_steps=a.unet_steps, unet_batch=a.batch, unet_seconds=round(time.time() - t1, 1),
-                  unet_final_eps_mse_ema=round(unet_loss, 5), stored_dtype="float16",
+    unet, text, unet_loss = train_unet(latents, ids, empty, a.unet_steps, a.batch, a.seed, t0, train_sched,
+                                       a.unet_lr, a.resume, a.device, a.frozen_text)
+    run = dict(steps=a.unet_steps, batch=a.batch, lr=a.unet_lr, resumed_from=str(a.resume or ""),
+               text_encoder="frozen" if a.frozen_text else "joint", seconds=round(time.time() - t1, 1),
+               final_loss_min_snr_weighted=round(unet_loss, 5), scheduler={k: FAMILY.scheduler[k] for k in
+                                                                ("beta_schedule", "beta_start", "beta_end",
+                                                                 "prediction_type")})
+    record.setdefault("unet_runs", []).append(run)
+    record.update(stored_dtype="float16",
                   parameters={n: sum(p.numel() for p in m.parameters()) for n, m in
                               (("text_encoder", text), ("unet", unet), ("vae", vae))})
     sched = EulerDiscreteScheduler.from_config(_cfg(FAMILY.scheduler))
