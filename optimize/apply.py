@@ -19,7 +19,7 @@ from ..runtimes.artifact import Artifact, check_out_path, digest_files, load_art
 from ..runtimes.errors import EdgegenError
 from . import graph as G
 from .calibrate import Trajectories, collect
-from .gate import component_gate, end_to_end_gate
+from .gate import component_gate, gate_images
 from .registry import NothingToDo, Pass, PassContext, Thresholds, order_passes
 
 FORMAT = "onnx"
@@ -70,6 +70,9 @@ def optimize(src: str | Path, passes: list[Pass], out: str | Path, force: bool =
     out = Path(out)
     art = load_artifact(src)
     check_format(art)
+    if (art.manifest.get("pipeline_options") or {}).get("deepcache"):
+        raise EdgegenError(f"{art.root} uses deepcache, whose graphs are cut from its U-Net: apply graph passes to "
+                           "its parent, then --pipeline-option deepcache to the result")
     passes = order_passes(passes)
     todo = plan(art, passes, components)
     bad = set(thresholds or {}) - set(Thresholds.NAMES)
@@ -224,12 +227,7 @@ def _gate(parent: Artifact, child: Artifact, todo: dict[str, list[Pass]], traj: 
         thr = thr.loosest(p.thresholds)
     thr = thr.with_overrides(overrides)
     say("gate: end to end")
-    try:
-        e2e = end_to_end_gate(child, traj.gate_runs, traj.images, thr)
-    except EdgegenError:
-        raise
-    except Exception as e:
-        raise EdgegenError(f"gate failed: the optimized pipeline does not run: {str(e).splitlines()[0]}") from None
+    e2e = gate_images(child, traj, thr, "with the optimized graphs")
     child.manifest["gate"] = {"end_to_end": e2e, "data": traj.describe()}
     if not e2e["passed"]:
         failures.append(f"end-to-end image {e2e['failures'][0]}")

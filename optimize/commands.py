@@ -140,21 +140,55 @@ def parse_pass_options(kw: dict, required: bool = True) -> dict | None:
 @click.command("optimize")
 @click.argument("artifact", type=click.Path(path_type=Path))
 @pass_options
+@click.option("--pipeline-option", "pipeline_options", multiple=True, metavar="NAME[:K=V,...]",
+              help="A gated change to how the pipeline runs: cfg-cutoff[:ratio=0.4], deepcache[:interval=3], "
+                   "vae-tiling[:tile=32,overlap=8]. Not combined with graph passes in one run.")
 @click.option("--components", help="Comma-separated components (default: each pass's usual ones).")
 @click.option("--steps", type=int, help="Steps per trajectory (default: the family's).")
 @click.option("--size", type=int, help="Image side for trajectories (default: the family's).")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Artifact folder to create.")
 @click.option("--force", is_flag=True, help="Replace --out if it exists.")
-def optimize(artifact, components, steps, size, out, force, **kw):
+def optimize(artifact, pipeline_options, components, steps, size, out, force, **kw):
     """Optimize ARTIFACT's graphs into a new artifact; every pass is checked by a quality gate."""
     from ..runtimes.artifact import check_out_path
 
     check_out_path(out, force)
-    opts = parse_pass_options(kw)
-    comps = [c.strip() for c in components.split(",") if c.strip()] if components else None
     if steps is not None and steps < 1:
         raise EdgegenError(f"--steps must be >= 1, got {steps}")
+    if pipeline_options:
+        run_pipeline_options(artifact, pipeline_options, out, force, components, steps, size, kw)
+        return
+    opts = parse_pass_options(kw)
+    comps = [c.strip() for c in components.split(",") if c.strip()] if components else None
     run_optimize(artifact, out, force, components=comps, steps=steps, size=size, **opts)
+
+
+def run_pipeline_options(artifact, specs, out, force, components, steps, size, kw) -> None:
+    from .steps.apply import apply_options
+    from .steps.registry import parse
+
+    options = parse(specs)
+    gate_prompts, no_gate, threshold = kw["gate_prompts"], kw["no_gate"], kw["threshold"]
+    kw.update(no_gate=False, threshold=())   # theirs here, not a pass's
+    if parse_pass_options(kw, required=False) is not None or components:
+        raise EdgegenError("--pipeline-option runs alone: apply graph passes (and --components) in one optimize, "
+                           "then the pipeline options on its artifact")
+    if not 1 <= gate_prompts <= 8:
+        raise EdgegenError("--gate-prompts must be between 1 and 8")
+    path = apply_options(artifact, options, out, force, gate=not no_gate, thresholds=parse_thresholds(threshold),
+                         gate_prompts=gate_prompts, steps=steps, size=size, say=lambda m: click.echo(m, err=True))
+    from ..runtimes.artifact import load_artifact
+    from ..runtimes.step_options import KEY
+
+    for name, e in load_artifact(path, verify=False).manifest[KEY].items():
+        g = e.get("gate", {})
+        if "end_to_end" in g:
+            w = g["denoiser_work"]
+            click.echo(f"{name} {e['config']}: PSNR {g['end_to_end']['psnr']:.2f} dB, SSIM "
+                       f"{g['end_to_end']['ssim']:.4f} (worst of {g['end_to_end']['prompts']}); U-Net batch rows "
+                       f"{w['batch_rows']}/{w['plain_batch_rows']}, whole U-Net steps {w['whole_unet_steps']}/"
+                       f"{w['whole_unet_steps'] + w['shallow_unet_steps']}")
+    click.echo(f"wrote {path}")
 
 
 def run_optimize(artifact, out, force, **kw) -> Path:

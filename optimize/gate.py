@@ -129,3 +129,16 @@ def end_to_end_gate(art: Artifact, runs: list[dict], ref_images: list[np.ndarray
     return {"prompts": len(runs), "psnr": round(worst["psnr"], 3), "psnr_mean": round(float(np.mean(ps)), 3),
             "ssim": round(worst["ssim"], 5), "ssim_mean": round(float(np.mean(ss)), 5),
             "thresholds": {"psnr": thr.psnr, "ssim": thr.ssim}, "passed": not fails, "failures": fails}
+
+
+def gate_images(art: Artifact, traj, thr: Thresholds, what: str) -> dict:
+    """end_to_end_gate on a trajectory's gate runs; a pipeline that cannot run fails the gate
+    with one line naming `what` was gated, not a traceback."""
+    from ..runtimes.errors import EdgegenError
+
+    try:
+        return end_to_end_gate(art, traj.gate_runs, traj.images, thr)
+    except EdgegenError:
+        raise
+    except Exception as e:
+        raise EdgegenError(f"gate failed: the pipeline {what} does not run: {str(e).splitlines()[0]}") from None

@@ -219,7 +219,7 @@ def expose(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
 
 # -- streaming weight rewrite -------------------------------------------------------------
 
-def _read_initializer(t: onnx.TensorProto, base: Path) -> np.ndarray:
+def read_initializer(t: onnx.TensorProto, base: Path) -> np.ndarray:
     if t.data_location != TensorProto.EXTERNAL:
         return numpy_helper.to_array(t)
     info = {e.key: e.value for e in t.external_data}
@@ -265,7 +265,7 @@ def rewrite_weights(src: Path, dst: Path, fn: Callable[[str, np.ndarray], object
     with open(data_path, "wb") if external else _NullFile() as data:
         for t in model.graph.initializer:
             if t.name in names:
-                arr = _read_initializer(t, base)
+                arr = read_initializer(t, base)
                 new = fn(t.name, arr)
                 if isinstance(new, list):
                     for nt in new:
@@ -282,7 +282,7 @@ def rewrite_weights(src: Path, dst: Path, fn: Callable[[str, np.ndarray], object
                 arr = arr if new is None else new
                 _store(t, arr, data, external)
             elif t.data_location == TensorProto.EXTERNAL:
-                _store(t, _read_initializer(t, base), data, external)
+                _store(t, read_initializer(t, base), data, external)
             inits.append(t)
     del model.graph.initializer[:]
     model.graph.initializer.extend(inits)

@@ -22,6 +22,7 @@ from .image import image_to_array, load_image, mask_to_array, nearest_resize, to
 from .backend import Backend, ComponentSpec, binding_differences, get_backend
 from .samplers import SAMPLERS, make_sampler
 from .shape_profile import is_static
+from . import step_options
 from .tokenizer import TextTokenizer
 
 KINDS = {"unet": "unet_pipeline", "flux": "flux_pipeline", "sd3": "sd3_pipeline", "sana": "sana_pipeline",
@@ -83,6 +84,9 @@ class Pipeline:
     # diffusers' get_timesteps: the SD pipelines keep int(steps * strength) steps; the FLUX and SD3
     # ones skip int(steps - steps * strength).
     round_kept_steps_down = True
+    # The pipeline options (step_options.py) this kind's denoising loop implements; vae-tiling
+    # lives in the shared decode.
+    loop_options: tuple[str, ...] = ()
 
     def __init__(self, artifact: Artifact, device: str | None = None, threads: int = 0, backend: str | None = None,
                  precision: str | None = None, memory: str = "resident", backend_options: dict | None = None):
@@ -96,6 +100,11 @@ class Pipeline:
         self.memory = memory
         self.artifact = artifact
         self.recipe = artifact.manifest["pipeline"]
+        self.options = step_options.read(artifact.manifest)
+        for name in self.options:
+            if name != "vae-tiling" and name not in self.loop_options:
+                raise EdgegenError(f"this artifact uses pipeline option {name}, which a {self.recipe['kind']} "
+                                   "pipeline does not run")
         self.backend = resolve_backend(artifact, backend, device, precision, threads, backend_options)
         self.backend.memory_mode = memory
         self.device, self.threads = self.backend.device, threads
@@ -150,7 +159,9 @@ class Pipeline:
         r = self.recipe
         if name in {te["component"] for te in r.get("text_encoders", ())}:
             return "text"
-        return "denoiser" if name == r.get("denoiser") else name
+        if name == r.get("denoiser") or name == self.options.get("deepcache", {}).get("component"):
+            return "denoiser"
+        return name
 
     def release(self, keep: str | None = None) -> None:
         """Drop every loaded component (and one-call denoise graph) outside stage `keep`, so that
@@ -376,7 +387,8 @@ class Pipeline:
         from .graph_sampler import DenoiseGraph
 
         # A late start (img2img) cuts the sampler's tables; the graph holds the whole schedule.
-        if getattr(sched, "begin_index", 0):
+        # A step plan (CFG cutoff, DeepCache) changes the calls per step: the loop runs it.
+        if getattr(sched, "begin_index", 0) or self.step_plan(len(sched.timesteps)).active:
             return None
         key = DenoiseGraph.match(self.artifact, sched, cfg) if self.use_denoise_graph else None
         if key is None:
@@ -387,6 +399,9 @@ class Pipeline:
             entry = self.artifact.manifest["denoise_graphs"][key]
             self._denoise_graphs[key] = DenoiseGraph(self.artifact.root, entry, self.device, self.threads)
         return self._denoise_graphs[key]
+
+    def step_plan(self, steps: int) -> step_options.StepPlan:
+        return step_options.StepPlan.from_options(self.options, steps)
 
     def guided_step(self, sched, i: int, pred: np.ndarray, latents: np.ndarray, cfg: bool, guidance: float, rng):
         """Classifier-free guidance on a batched [uncond, cond] prediction, then one sampler step."""
@@ -413,4 +428,12 @@ class Pipeline:
             z = latents / np.float32(r["scaling_factor"])
         if r.get("shift_factor") is not None:
             z = z + np.float32(r["shift_factor"])
-        return to_uint8(self.run_component(r["vae_decoder"], latent=z.astype(np.float32))["image"])
+        z = z.astype(np.float32)
+        tiling = self.options.get("vae-tiling")
+        if tiling:
+            cfg = tiling["config"]
+            image = step_options.tiled_decode(lambda t: self.run_component(r["vae_decoder"], latent=t)["image"], z,
+                                              cfg["tile"], cfg["overlap"], r["vae_scale_factor"])
+        else:
+            image = self.run_component(r["vae_decoder"], latent=z)["image"]
+        return to_uint8(image)

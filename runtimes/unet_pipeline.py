@@ -6,6 +6,7 @@ import math
 import numpy as np
 
 from .pipeline import Pipeline
+from .step_options import DEEP_FEATURE
 
 
 def guidance_embedding(w: np.ndarray, dim: int) -> np.ndarray:
@@ -22,6 +23,7 @@ def guidance_embedding(w: np.ndarray, dim: int) -> np.ndarray:
 
 class UnetPipeline(Pipeline):
     mask_channels = True
+    loop_options = ("cfg-cutoff", "deepcache")
 
     def encode_prompt(self, prompts: list[str]) -> tuple[np.ndarray, np.ndarray | None]:
         """Concatenated hidden states of all text encoders, and the pooled embedding if any."""
@@ -72,16 +74,25 @@ class UnetPipeline(Pipeline):
             if callback:
                 callback(len(sched.timesteps) - 1, len(sched.timesteps))
             return out
-        # Inpainting: mask and masked-image latents follow the scaled latents, as in diffusers.
-        extra = [np.concatenate([e, e]) if cfg else e for e in extra]
+        n = latents.shape[0]
+        plan, cache = self.step_plan(len(sched.timesteps)), None
         for i, t in enumerate(sched.timesteps):
-            x = np.concatenate([latents, latents]) if cfg else latents
+            guided = cfg and plan.cfg(i)
+            # After a CFG cutoff the conditional half alone runs: the negative rows come first.
+            feeds = fixed if guided or not cfg else {k: v[n:] for k, v in fixed.items()}
+            x = np.concatenate([latents, latents]) if guided else latents
             x = sched.scale_model_input(x, i)
-            if extra:
-                x = np.concatenate([x, *extra], axis=1)
+            if extra:   # inpainting: mask and masked-image latents follow the scaled latents, as in diffusers
+                x = np.concatenate([x, *[np.concatenate([e, e]) if guided else e for e in extra]], axis=1)
             ts = np.full(x.shape[0], t, dtype=np.float32)
-            pred = self.run_component(r["denoiser"], sample=x, timestep=ts, **fixed)["noise_pred"]
-            latents = self.guided_step(sched, i, pred, latents, cfg, guidance, rng)
+            if plan.whole(i) or cache is None:
+                out = self.run_component(r["denoiser"], sample=x, timestep=ts, **feeds)
+                cache = out.get(DEEP_FEATURE)
+            else:
+                if cache.shape[0] != x.shape[0]:   # cached with CFG, used after its cutoff
+                    cache = cache[n:]
+                out = self.run_component(plan.shallow, sample=x, timestep=ts, **{DEEP_FEATURE: cache}, **feeds)
+            latents = self.guided_step(sched, i, out["noise_pred"], latents, guided, guidance, rng)
             if callback:
                 callback(i, len(sched.timesteps))
         return latents

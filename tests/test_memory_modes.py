@@ -55,6 +55,8 @@ def test_stage_of_groups_every_text_encoder():
 
     pipe = Pipeline.__new__(Pipeline)
     pipe.recipe = Art.manifest["pipeline"]
+    pipe.options = {"deepcache": {"component": "unet_shallow"}}
+    assert pipe.stage_of("unet_shallow") == "denoiser"
     assert {pipe.stage_of(n) for n in ("text_encoder", "text_encoder_2")} == {"text"}
     assert [pipe.stage_of(n) for n in ("unet", "vae_decoder", "vae_encoder")] == ["denoiser", "vae_decoder",
                                                                                 "vae_encoder"]
