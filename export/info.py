@@ -48,7 +48,13 @@ def summary(art: Artifact) -> dict:
                   "gate": "skipped" if g.get("skipped") else {k: g["end_to_end"].get(k) for k in ("passed", "psnr", "ssim")},
                   "component_gates": {n: {k: c.get("gate", {}).get(k) for k in ("passed", "cosine", "rel_err")}
                                       for n, c in m["components"].items() if "compiled" in c}}
-    return {"family": m["family"], "size": m.get("size"), "target": target, "source": m.get("source"), "created": m.get("created"),
+    opts = {}
+    for name, e in (m.get("pipeline_options") or {}).items():
+        g = e.get("gate", {})
+        opts[name] = {"version": e["version"], "config": e["config"],
+                      "gate": "skipped" if g.get("skipped") else {k: g["end_to_end"].get(k) for k in ("passed", "psnr", "ssim")},
+                      "denoiser_work": g.get("denoiser_work")}
+    return {"family": m["family"], "size": m.get("size"), "target": target, "pipeline_options": opts, "source": m.get("source"), "created": m.get("created"),
             "total_bytes": art.total_bytes(), "defaults": m["pipeline"]["defaults"],
             "passes": [p["name"] for p in m.get("passes", [])], "components": comps, "gate_end_to_end": e2e}
 
@@ -91,6 +97,11 @@ def render_info(art: Artifact) -> None:
     elif e2e:
         con.print(f"quality gate, end to end: {'passed' if e2e['passed'] else 'FAILED'}, image PSNR {e2e['psnr']:.2f} dB, "
                   f"SSIM {e2e['ssim']:.4f} (worst of {e2e['prompts']} prompts vs the parent)")
+    for name, o in s["pipeline_options"].items():
+        g = o["gate"]
+        gate_txt = "gate skipped" if g == "skipped" else \
+            f"gate {'passed' if g['passed'] else 'FAILED'}, PSNR {g['psnr']:.2f} dB, SSIM {g['ssim']:.4f} vs the parent"
+        con.print(f"pipeline option {name} v{o['version']} {o['config']}: {gate_txt}")
     tg = s["target"]
     if tg and tg["target"] == "coreml":   # mlpackages: their own table replaces the ONNX one
         from .coreml_info import render_target
@@ -110,6 +121,6 @@ def render_info(art: Artifact) -> None:
     t = Table("component", "params", "MB", "precision", "passes", "inputs", "outputs", "validation / gate")
     for name, c in s["components"].items():
         passes = ", ".join(c["optimize"]["passes"]) if c.get("optimize") else "export"
-        t.add_row(name, f"{c['params'] / 1e6:.1f}M", _size(c), c["precision"], passes,
+        t.add_row(name, f"{c['params'] / 1e6:.1f}M" if c["params"] is not None else "-", _size(c), c["precision"], passes,
                   "\n".join(c["inputs"]), "\n".join(c["outputs"]), _quality(c))
     con.print(t)

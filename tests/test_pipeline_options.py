@@ -193,3 +193,21 @@ def test_runtime_refuses_options_it_does_not_run(sd15, tmp_path):
     (new / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(EdgegenError, match="pipeline option 'tome', which this edgegen does not know"):
         Pipeline.load(new)
+
+
+def test_compiled_artifact_keeps_and_runs_the_options(sd15, tmp_path):
+    """compile carries the options: OpenVINO runs the whole and the shallow U-Net, gated."""
+    pytest.importorskip("openvino", reason="openvino is not installed: pip install 'edgegen[openvino]'")
+    from edgegen.runtimes.compile import compile_artifact
+
+    art, _ = sd15
+    opts = apply_options(art, [get_option("deepcache", interval=2), get_option("cfg-cutoff")], tmp_path / "o", steps=6)
+    ov = compile_artifact(opts, "openvino", tmp_path / "ov", steps=6, gate_prompts=1)
+    m = json.loads((ov / "manifest.json").read_text())
+    assert set(m["pipeline_options"]) == {"deepcache", "cfg-cutoff"} and m["target"]["gate"]["end_to_end"]["passed"]
+    assert "compiled" in m["components"]["unet_shallow"]
+    img, seen = stages(Pipeline.load(ov), steps=6, latents=latents(), seed=0)
+    assert [s for s, _ in seen if s.startswith("unet")] == ["unet", "unet_shallow"] * 3
+    assert psnr(img, Pipeline.load(opts)(PROMPT, steps=6, latents=latents(), seed=0)) >= 40
+    r = run_cli("info", ov)
+    assert r.exit_code == 0 and "pipeline option deepcache v1 {'interval': 2}: gate passed" in r.output

@@ -107,6 +107,7 @@ class DeepCache(PipelineOption):
         sname = f"{den}_shallow"
         files = [f"{sname}/{f}" for f in G.save_model(shallow, tmp / sname)]
         kept = len(shallow.graph.node) / max(1, len(model.graph.node))
+        params = sum(int(np.prod(t.dims)) for t in shallow.graph.initializer if len(t.dims) > 1)
         del shallow, inferred
 
         # The whole graph: the same nodes, the cut tensor also an output. Its weights are the
@@ -125,7 +126,7 @@ class DeepCache(PipelineOption):
         manifest["components"][sname] = {
             "graph": files[0], "files": digest_files(tmp, files),
             "io": IOSpec((*io.inputs, feature), io.outputs, io.dims).to_dict(),
-            "precision": rec.get("precision", "fp32"), "params": None,
+            "precision": rec.get("precision", "fp32"), "params": params,
         }
         check = self.check(tmp, manifest, den, sname)
         if check["rel_err"] > 1e-4:

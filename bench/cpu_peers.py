@@ -1,0 +1,316 @@
+"""The CPU race: edgegen against OpenVINO + NNCF int8 with static shapes, per step and per image.
+
+    python bench/cpu_peers.py [--artifact build/sd15-random] [--steps 25] [--threads 2]
+                              [--record cpu_peers_sd15]
+
+One run, one machine, every row in its own child process, one at a time:
+
+Per step (the U-Net at batch 2 = CFG, 64x64 latent = 512 px, 77 tokens, t=500; best of
+--repeats after a warm-up), each with its relative L2 error against ORT fp32 on the same inputs:
+- PyTorch eager fp32 (diffusers, the same seeded weights);
+- edgegen on onnxruntime: the fp32 export, `optimize --int8`, and DeepCache's shallow U-Net
+  (the graph a cached step runs; its error is against the whole graph on the same feature);
+- edgegen compiled for OpenVINO (`edgegen compile --target openvino`), fp32 and int8 artifacts,
+  dynamic and static (--height/--width/--batch);
+- the peer, built here from the same fp32 graph: NNCF int8 (ModelType.TRANSFORMER, calibrated
+  on the same sampler-trajectory U-Net inputs edgegen's --int8 gets), dynamic and reshaped
+  static, as optimum-intel's users run it.
+
+Per image (--steps, guidance 7.5, 512 px, one prompt, fixed latents; components loaded and
+warmed by a 2-step image first, then one timed generation; text encoder and VAE included):
+- edgegen ORT fp32 (the reference image) and ORT int8;
+- ORT int8 with each pipeline option (`optimize --pipeline-option`): cfg-cutoff, deepcache, both;
+- the peer: edgegen's static OpenVINO compile of the fp32 artifact (text encoder and VAE f32 on
+  OpenVINO, reshaped static) with its U-Net replaced by the static NNCF int8 model, driven by
+  the same sampler loop.
+Each image row has PSNR/SSIM against the ORT fp32 image from the same latents, and the peak RSS
+of its process. Every row has `ratio_vs_nncf`: the static NNCF peer's time divided by the row's.
+
+Weights are seeded random (real architecture): time and memory do not depend on weight values;
+errors and PSNR compare variants on the same random weights, weak evidence for a trained model.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from compile_sd15 import measure as measure_step_variant, nncf_int8  # noqa: E402
+from machine import describe  # noqa: E402
+from optimize_sd15 import child, feeds, time_fn  # noqa: E402
+
+from edgegen.runtimes.host import ISA_FLAGS, cpu_flags  # noqa: E402
+
+CALIB = ["--size", "256", "--steps", "4", "--calibration-prompts", "2", "--gate-prompts", "1"]
+OPTION_GATE = ["--size", "256", "--steps", "6", "--gate-prompts", "1"]
+PROMPT = "a photo of an astronaut riding a horse on the moon"
+PEER = "openvino + nncf int8, static (peer)"
+
+
+def step_child(kind: str, path: str, art: Path, npy: Path, threads: int, repeats: int, latent: int) -> dict:
+    if kind == "torch":
+        import torch
+
+        from edgegen.bench.torch_baseline import load_reference
+        from edgegen.runtimes.artifact import load_artifact
+
+        torch.set_num_threads(threads)
+        unet = load_reference(load_artifact(art, verify=False).manifest).unet.eval()
+        f = feeds(art, latent)
+        t = {k: torch.from_numpy(v) for k, v in f.items()}
+        with torch.inference_mode():
+            run = lambda: unet(t["sample"], t["timestep"], t["encoder_hidden_states"]).sample.numpy()  # noqa: E731
+            res = time_fn(run, repeats)
+            np.save(npy, run())
+        return {**res, "backend": "pytorch eager", "precision": "f32"}
+    if kind == "shallow":
+        # DeepCache's cached step: the shallow graph on the whole graph's feature for these inputs.
+        from edgegen.runtimes.pipeline import Pipeline
+        from edgegen.runtimes.step_options import DEEP_FEATURE
+
+        pipe = Pipeline.load(path, threads=threads)
+        f = feeds(art, latent)
+        whole = pipe.component("unet")(**f)
+        shallow = pipe.component(pipe.options["deepcache"]["component"])
+        run = lambda: shallow(**f, **{DEEP_FEATURE: whole[DEEP_FEATURE]})["noise_pred"]  # noqa: E731
+        res = time_fn(run, repeats)
+        np.save(npy, run())
+        np.save(str(npy) + ".whole.npy", whole["noise_pred"])
+        return {**res, "backend": "onnxruntime", "precision": "int8"}
+    return measure_step_variant(kind, path, art, npy, threads, repeats, latent)
+
+
+class NncfUnet:
+    """The NNCF-quantized U-Net, static, with an edgegen component's call surface (bench only:
+    the peer's pipeline is OpenVINO's own components with the same sampler loop)."""
+
+    def __init__(self, xml: str, threads: int, shapes: dict):
+        import openvino as ov
+
+        core = ov.Core()
+        model = core.read_model(xml)
+        model.reshape(shapes)
+        self.compiled = core.compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": threads,
+                                                         "PERFORMANCE_HINT": "LATENCY"})
+        self.req, self.out = self.compiled.create_infer_request(), self.compiled.output(0)
+
+    def __call__(self, **f):
+        return {"noise_pred": np.array(self.req.infer(f)[self.out], copy=True)}
+
+
+def image_child(kind: str, path: str, npy: Path, threads: int, steps: int, latent: int, nncf_xml: str | None) -> dict:
+    from edgegen.runtimes.pipeline import Pipeline
+
+    pipe = Pipeline.load(path, threads=threads)
+    if kind == "peer":
+        f = feeds(Path(path), latent)
+        pipe._components["unet"] = NncfUnet(nncf_xml, threads, {k: list(v.shape) for k, v in f.items()})
+    z = np.random.default_rng(42).standard_normal((1, 4, latent, latent)).astype(np.float32)
+    t0 = time.perf_counter()
+    # Two steps load and warm every graph at every shape the timed run uses: the first step whole
+    # and with CFG, the second shallow (DeepCache) and after a CFG cutoff.
+    pipe(PROMPT, steps=2, guidance=7.5, latents=z, seed=0)
+    warm = time.perf_counter() - t0
+    stages: dict[str, float] = {}
+    pipe.observers.append(lambda s, i, o, dt: stages.__setitem__(s, stages.get(s, 0.0) + dt))
+    t0 = time.perf_counter()
+    img = pipe(PROMPT, steps=steps, guidance=7.5, latents=z, seed=0)
+    total = time.perf_counter() - t0
+    np.save(npy, img)
+    den = pipe.recipe["denoiser"]
+    groups = {"text": sum(v for k, v in stages.items() if k.startswith(("text_encoder", "tokenize"))),
+              "denoiser": sum(v for k, v in stages.items() if k.startswith(den)), "sampler": stages.get("sampler", 0.0),
+              "vae": stages.get("vae_decoder", 0.0)}
+    return {"seconds_per_image": round(total, 2), "stages": {k: round(v, 2) for k, v in groups.items()},
+            "load_and_warm_seconds": round(warm, 1), "backend": pipe.backend.name}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--artifact", help="existing sd15 --random-weights artifact (default: export one)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=25, help="steps per image")
+    ap.add_argument("--latent", type=int, default=64, help="latent side (64 = 512 px); a smoke run: 8 on a tiny export")
+    ap.add_argument("--deepcache", type=int, default=3, help="DeepCache interval")
+    ap.add_argument("--cfg-cutoff", type=float, default=0.4, help="CFG cutoff ratio")
+    ap.add_argument("--no-compiled", action="store_true", help="skip the OpenVINO compiles of edgegen's graphs")
+    ap.add_argument("--record", help="write JSON + Markdown under bench/results/ with this name")
+    ap.add_argument("--work", help="keep prepared artifacts in this folder (default: a temporary one, removed)")
+    ap.add_argument("--step-child", nargs=3, metavar=("KIND", "PATH", "NPY"), help=argparse.SUPPRESS)
+    ap.add_argument("--image-child", nargs=4, metavar=("KIND", "PATH", "NPY", "NNCF"), help=argparse.SUPPRESS)
+    ap.add_argument("--nncf", nargs=1, metavar="OUT_XML", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.step_child:
+        kind, path, npy = args.step_child
+        print(json.dumps(step_child(kind, path, Path(args.artifact), Path(npy), args.threads, args.repeats,
+                                    args.latent)))
+        return
+    if args.image_child:
+        kind, path, npy, xml = args.image_child
+        print(json.dumps(image_child(kind, path, Path(npy), args.threads, args.steps, args.latent, xml)))
+        return
+    if args.nncf:
+        print(json.dumps(nncf_int8(Path(args.artifact), Path(args.nncf[0]), lambda m: None)))
+        return
+
+    work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="edgegen-cpu-peers-"))
+    work.mkdir(parents=True, exist_ok=True)
+    flags = sorted(cpu_flags() & set(ISA_FLAGS))
+    result = {"command": " ".join(["python bench/cpu_peers.py", *sys.argv[1:]]), "machine": describe(),
+              "cpu_flags": flags, "threads": args.threads, "steps_per_image": args.steps, "prepare": {},
+              "per_step": {}, "per_image": {}}
+    art = Path(args.artifact) if args.artifact else work / "sd15"
+
+    def prepare(name, cmd, out: Path | None = None):
+        if out is not None and (out / "manifest.json").is_file():
+            result["prepare"][name] = {"command": " ".join(cmd), "reused": str(out)}
+            return True, ""
+        rc, wall, rss, text = child(cmd)
+        result["prepare"][name] = {"command": " ".join(cmd), "exit_code": rc, "wall_seconds": round(wall, 1),
+                                   "peak_rss_gb": round(rss, 2)}
+        print(name, json.dumps(result["prepare"][name]), flush=True)
+        return rc == 0, text
+
+    if not args.artifact and not prepare("export", ["edgegen", "export", "sd15", "--random-weights", "--out",
+                                                    str(art)], art)[0]:
+        sys.exit(1)
+    int8 = work / "int8"
+    prepare("optimize int8", ["edgegen", "optimize", str(art), "--int8", "--components", "unet", "--out", str(int8),
+                              *CALIB], int8)
+    dc, cc = f"deepcache:interval={args.deepcache}", f"cfg-cutoff:ratio={args.cfg_cutoff}"
+    opts = {"int8 + cfg-cutoff": [cc], "int8 + deepcache": [dc], "int8 + deepcache + cfg-cutoff": [dc, cc]}
+    optioned = {}
+    for name, specs in opts.items():
+        out = work / name.replace(" + ", "-")
+        cmd = ["edgegen", "optimize", str(int8), *[a for s in specs for a in ("--pipeline-option", s)],
+               "--out", str(out), *OPTION_GATE]
+        if prepare(f"optimize {name}", cmd, out)[0]:
+            optioned[name] = out
+    px = str(args.latent * 8)
+    static = ["--height", px, "--width", px, "--batch", "1"]
+    compiled = {}
+    plan = [("openvino default, static", art, static)]
+    if not args.no_compiled:
+        plan += [("openvino default", art, []), ("openvino on edgegen int8", int8, []),
+                 ("openvino on edgegen int8, static", int8, static)]
+    for name, src, extra in plan:
+        out = work / name.replace(" ", "-").replace(",", "")
+        ok, _ = prepare(f"compile {name}", ["edgegen", "compile", str(src), "--target", "openvino", "--out", str(out),
+                                            "--steps", "2", "--gate-prompts", "1", *extra], out)
+        if ok:
+            compiled[name] = out
+    nncf_xml = work / "nncf" / "unet.xml"
+    nncf_ok = nncf_xml.is_file()
+    if not nncf_ok:
+        nncf_xml.parent.mkdir(exist_ok=True)
+        nncf_ok, text = prepare("nncf int8", [sys.executable, __file__, "--artifact", str(art), "--nncf",
+                                              str(nncf_xml)])
+        if nncf_ok:
+            result["prepare"]["nncf int8"].update(json.loads(text.strip().splitlines()[-1]))
+
+    # -- per step ---------------------------------------------------------------------------
+    rows = [("pytorch eager fp32", "torch", art), ("ort fp32", "edgegen", art),
+            ("ort int8 (edgegen --int8)", "edgegen", int8)]
+    if "int8 + deepcache" in optioned:
+        rows.append(("ort int8, deepcache's shallow U-Net (a cached step)", "shallow", optioned["int8 + deepcache"]))
+    rows += [(n, "edgegen", p) for n, p in compiled.items()]
+    if nncf_ok:
+        rows += [("openvino + nncf int8 (peer)", "nncf", nncf_xml), (PEER, "nncf-static", nncf_xml)]
+    me = [sys.executable, __file__, "--threads", str(args.threads), "--repeats", str(args.repeats), "--artifact",
+          str(art), "--latent", str(args.latent), "--steps", str(args.steps)]
+    outs = {}
+    for name, kind, path in rows:
+        npy = work / f"step-{len(outs)}.npy"
+        rc, wall, rss, text = child(me + ["--step-child", kind, str(path), str(npy)])
+        e = {"exit_code": rc, "peak_rss_gb": round(rss, 2)}
+        if rc == 0:
+            e.update(json.loads(text.strip().splitlines()[-1]))
+            outs[name] = np.load(npy)
+            if kind == "shallow":
+                outs[name + " (its whole graph)"] = np.load(str(npy) + ".whole.npy")
+        if name in compiled:
+            t = json.loads((compiled[name] / "manifest.json").read_text())["target"]
+            e["compile_gate_end_to_end"] = t.get("gate", {}).get("end_to_end")
+        result["per_step"][name] = e
+        print(name, json.dumps(e), flush=True)
+    ref = outs.get("ort fp32")
+    for name in list(result["per_step"]):
+        out = outs.get(name)
+        base = outs.get(name + " (its whole graph)", ref)
+        if out is not None and base is not None:
+            result["per_step"][name]["rel_err"] = round(float(np.linalg.norm(out.astype(np.float64) - base)
+                                                              / np.linalg.norm(base)), 4)
+
+    # -- per image --------------------------------------------------------------------------
+    images = [("ort fp32", "edgegen", art), ("ort int8", "edgegen", int8)]
+    images += [(f"ort {n}", "edgegen", p) for n, p in optioned.items()]
+    if nncf_ok and "openvino default, static" in compiled:
+        images.append((PEER, "peer", compiled["openvino default, static"]))
+    pics = {}
+    for name, kind, path in images:
+        npy = work / f"image-{len(pics)}.npy"
+        rc, wall, rss, text = child(me + ["--image-child", kind, str(path), str(npy), str(nncf_xml)])
+        e = {"exit_code": rc, "peak_rss_gb": round(rss, 2)}
+        if rc == 0:
+            e.update(json.loads(text.strip().splitlines()[-1]))
+            pics[name] = np.load(npy)
+        result["per_image"][name] = e
+        print(name, json.dumps(e), flush=True)
+    from edgegen.optimize.gate import psnr, ssim
+
+    ref_img = pics.get("ort fp32")
+    for name, img in pics.items():
+        if ref_img is not None:
+            result["per_image"][name].update(psnr=round(psnr(ref_img, img), 2), ssim=round(ssim(ref_img, img), 4))
+    for table in ("per_step", "per_image"):
+        key = "seconds_per_step" if table == "per_step" else "seconds_per_image"
+        peer = result[table].get(PEER, {}).get(key)
+        for e in result[table].values():
+            if peer and e.get(key):
+                e["ratio_vs_nncf"] = round(peer / e[key], 3)
+    text = report(result, args)
+    print(text)
+    if not args.work:
+        shutil.rmtree(work, ignore_errors=True)
+    if args.record:
+        res = Path(__file__).resolve().parent / "results"
+        (res / f"{args.record}.json").write_text(json.dumps(result, indent=2) + "\n")
+        (res / f"{args.record}.md").write_text(f"`{result['command']}`\n\n{text}\n")
+
+
+def report(result: dict, args) -> str:
+    lines = [f"Per step: U-Net, batch 2 (CFG), {args.latent}x{args.latent} latent ({args.latent * 8} px), best of "
+             f"{args.repeats}.", "",
+             "| variant | s/step | ratio_vs_nncf | rel. error vs ORT fp32 | compile gate PSNR | peak RSS GB |",
+             "|---|---|---|---|---|---|"]
+    for name, e in result["per_step"].items():
+        g = e.get("compile_gate_end_to_end")
+        gate = f"{g['psnr']:.1f} dB" if g else "-"
+        lines.append(f"| {name} ({e.get('precision') or e.get('backend', '?')}) | {e.get('seconds_per_step', 'failed')} | "
+                     f"{e.get('ratio_vs_nncf', '-')} | {e.get('rel_err', '-')} | {gate} | {e['peak_rss_gb']} |")
+    lines += ["", f"Per image: {result['steps_per_image']} steps, guidance 7.5, {args.latent * 8} px, text encoder and "
+              "VAE included, components loaded and warmed first.", "",
+              "| variant | s/image | ratio_vs_nncf | text / U-Net / sampler / VAE s | PSNR vs ORT fp32 | SSIM | peak RSS GB |",
+              "|---|---|---|---|---|---|---|"]
+    for name, e in result["per_image"].items():
+        st = e.get("stages", {})
+        lines.append(f"| {name} | {e.get('seconds_per_image', 'failed')} | {e.get('ratio_vs_nncf', '-')} | "
+                     f"{st.get('text', '-')} / {st.get('denoiser', '-')} / {st.get('sampler', '-')} / {st.get('vae', '-')} | "
+                     f"{e.get('psnr', '-')} | {e.get('ssim', '-')} | {e['peak_rss_gb']} |")
+    lines += ["", f"CPU flags: {' '.join(result['cpu_flags'])}. Threads: {result['threads']}. Weights are seeded random "
+              "(real architecture): time and memory do not depend on weight values; errors and PSNR compare variants "
+              "on the same random weights, weak evidence for a trained checkpoint's quality.",
+              "Preparation: " + "; ".join(f"{k} {v.get('wall_seconds', 'reused')} s" for k, v in result["prepare"].items())]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
