@@ -2,6 +2,7 @@
 compile target applied to it: the quality figures that random weights cannot give.
 
     python bench/shapes_adherence.py [--n 100] [--passes fp16,int8,...] [--targets openvino] \
+        [--pipeline-options "cfg-cutoff;deepcache:interval=3+cfg-cutoff"] \
         [--work /tmp/edgegen-shapes-bench] [--record shapes_adherence] [--grid shapes_grid]
 
 For each variant: the 100 held-out captions (export/shapes/data.held_out, a seed no training
@@ -65,6 +66,8 @@ def main() -> None:
     ap.add_argument("--passes", default=",".join(p for p, _ in PASSES))
     ap.add_argument("--targets", default="openvino")
     ap.add_argument("--work", type=Path, default=Path("/tmp/edgegen-shapes-bench"))
+    ap.add_argument("--pipeline-options", default="",
+                    help="variants separated by ';', each one or more NAME[:K=V,...] joined by '+'")
     ap.add_argument("--record")
     ap.add_argument("--grid", help="write bench/results/<GRID>.png: the fp32 model on a few captions")
     ap.add_argument("--margins", help="merge the optimize rows into bench/results/<MARGINS>.json/.md "
@@ -135,6 +138,24 @@ def main() -> None:
             compile_artifact(src, target, out, force=True)
             m = load_artifact(out, verify=False).manifest
             row["gate"] = {"passed": True, **{k: m["target"]["gate"]["end_to_end"][k] for k in ("psnr", "ssim")}}
+            images, per_image = generate(out, captions)
+            row.update(seconds_per_image=round(per_image, 4), **score(net, images, scenes, ref))
+        except EdgegenError as e:
+            row.update(gate={"passed": False, "error": str(e)})
+        shutil.rmtree(out, ignore_errors=True)
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    from edgegen.optimize.steps.apply import apply_options
+    from edgegen.optimize.steps.registry import parse
+
+    for variant in filter(None, a.pipeline_options.split(";")):
+        out = a.work / "options"
+        row = {"variant": f"--pipeline-option {variant}", "kind": "pipeline option"}
+        try:
+            apply_options(src, parse(variant.split("+")), out, force=True)
+            e = next(iter(load_artifact(out, verify=False).manifest["pipeline_options"].values()))["gate"]
+            row["gate"] = {"passed": True, **{k: e["end_to_end"][k] for k in ("psnr", "ssim")},
+                           "denoiser_work": e["denoiser_work"]}
             images, per_image = generate(out, captions)
             row.update(seconds_per_image=round(per_image, 4), **score(net, images, scenes, ref))
         except EdgegenError as e:
