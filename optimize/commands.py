@@ -44,6 +44,14 @@ def _value(v: str):
     return {"true": True, "false": False}.get(v.lower(), v)
 
 
+def parse_spec(text: str, flag: str) -> tuple[str, dict]:
+    """NAME[:key=value,...] (--pass, --pipeline-option) as a name and a typed config."""
+    name, _, rest = text.partition(":")
+    name = name.strip()
+    cfg = dict(_kv(kv, f"{flag} {name}") for kv in rest.split(",") if kv) if rest else {}
+    return name, {k: _value(v) for k, v in cfg.items()}
+
+
 def parse_thresholds(values) -> dict[str, float]:
     """--threshold METRIC=VALUE options as a dict (the metric names are checked by the stage)."""
     out = {}
@@ -75,10 +83,8 @@ def build_passes(flags=(), prune=None, extra=(), calibration_method=None, int4_a
     specs: list[tuple[str, dict]] = [(name, {}) for name in flags]
     if prune:
         specs.append(("prune", _prune_config(prune)))
-    for text in extra:  # --pass NAME[:key=value,...]
-        name, _, rest = text.partition(":")
-        cfg = dict(_kv(kv, f"--pass {name}") for kv in rest.split(",") if kv) if rest else {}
-        specs.append((name.strip(), {k: _value(v) for k, v in cfg.items()}))
+    for text in extra:
+        specs.append(parse_spec(text, "--pass"))
     passes = []
     for name, cfg in specs:
         if calibration_method and name in ("int8", "fp8"):

@@ -68,17 +68,15 @@ def get_option(name: str, **config) -> PipelineOption:
 
 def parse(specs) -> list[PipelineOption]:
     """--pipeline-option NAME[:K=V,...] values."""
-    from ..commands import _kv, _value
+    from ..commands import parse_spec
 
     out, seen = [], set()
     for text in specs:
-        name, _, rest = text.partition(":")
-        name = name.strip()
+        name, cfg = parse_spec(text, "--pipeline-option")
         if name in seen:
             raise EdgegenError(f"pipeline option {name} given twice")
         seen.add(name)
-        cfg = dict(_kv(kv, f"--pipeline-option {name}") for kv in rest.split(",") if kv) if rest else {}
-        out.append(get_option(name, **{k: _value(v) for k, v in cfg.items()}))
+        out.append(get_option(name, **cfg))
     return out
 
 
