@@ -131,13 +131,10 @@ def main() -> None:
         shutil.rmtree(out, ignore_errors=True)
         rows.append(row)
         print(json.dumps(row), flush=True)
-    for target in filter(None, a.targets.split(",")):
-        out = a.work / f"compiled-{target}"
-        row = {"variant": f"compile --target {target}", "kind": "compile"}
+    def scored(row: dict, out: Path, build) -> None:
+        """build(out) writes the variant and returns its gate facts; then it is scored and removed."""
         try:
-            compile_artifact(src, target, out, force=True)
-            m = load_artifact(out, verify=False).manifest
-            row["gate"] = {"passed": True, **{k: m["target"]["gate"]["end_to_end"][k] for k in ("psnr", "ssim")}}
+            row["gate"] = {"passed": True, **build(out)}
             images, per_image = generate(out, captions)
             row.update(seconds_per_image=round(per_image, 4), **score(net, images, scenes, ref))
         except EdgegenError as e:
@@ -145,24 +142,31 @@ def main() -> None:
         shutil.rmtree(out, ignore_errors=True)
         rows.append(row)
         print(json.dumps(row), flush=True)
+
+    def compiled(target):
+        def build(out):
+            compile_artifact(src, target, out, force=True)
+            e2e = load_artifact(out, verify=False).manifest["target"]["gate"]["end_to_end"]
+            return {k: e2e[k] for k in ("psnr", "ssim")}
+        return build
+
+    for target in filter(None, a.targets.split(",")):
+        scored({"variant": f"compile --target {target}", "kind": "compile"}, a.work / f"compiled-{target}",
+               compiled(target))
+
     from edgegen.optimize.steps.apply import apply_options
     from edgegen.optimize.steps.registry import parse
 
-    for variant in filter(None, a.pipeline_options.split(";")):
-        out = a.work / "options"
-        row = {"variant": f"--pipeline-option {variant}", "kind": "pipeline option"}
-        try:
+    def with_options(variant):
+        def build(out):
             apply_options(src, parse(variant.split("+")), out, force=True)
-            e = next(iter(load_artifact(out, verify=False).manifest["pipeline_options"].values()))["gate"]
-            row["gate"] = {"passed": True, **{k: e["end_to_end"][k] for k in ("psnr", "ssim")},
-                           "denoiser_work": e["denoiser_work"]}
-            images, per_image = generate(out, captions)
-            row.update(seconds_per_image=round(per_image, 4), **score(net, images, scenes, ref))
-        except EdgegenError as e:
-            row.update(gate={"passed": False, "error": str(e)})
-        shutil.rmtree(out, ignore_errors=True)
-        rows.append(row)
-        print(json.dumps(row), flush=True)
+            g = next(iter(load_artifact(out, verify=False).manifest["pipeline_options"].values()))["gate"]
+            return {**{k: g["end_to_end"][k] for k in ("psnr", "ssim")}, "denoiser_work": g["denoiser_work"]}
+        return build
+
+    for variant in filter(None, a.pipeline_options.split(";")):
+        scored({"variant": f"--pipeline-option {variant}", "kind": "pipeline option"}, a.work / "options",
+               with_options(variant))
     train = json.loads((Path(fam.shipped_weights()) / "train.json").read_text())
     result = {"command": "python bench/shapes_adherence.py " + " ".join(sys.argv[1:]), "machine": describe(),
               "export_seconds": export_s, "classifier_accuracy_on_fresh_renders": accuracy(net),
