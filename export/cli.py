@@ -70,10 +70,16 @@ def families_cmd():
 @click.option("--min-size", type=int, help="Smallest image side the graphs take (default: the family's).")
 @click.option("--max-size", type=int, help="Largest image side the graphs take (default: the family's, "
                                              "within the model's own limit).")
+@click.option("--stream", is_flag=True,
+              help="Export models of 1B+ parameters (or --stream-components) by streaming their weights from "
+                   "safetensors into the graph, traced on meta: FLUX/T5-XXL on a 24 GB machine.")
+@click.option("--stream-components", help="Comma-separated components to stream (implies --stream).")
+@click.option("--stream-dtype", type=click.Choice(["bfloat16", "float16", "float32"]), default="bfloat16",
+              show_default=True, help="Compute and weight dtype of the streamed graphs.")
 @pass_options
 @coreml_options
 def export_cmd(family, weights, random_weights, tiny, out, force, seed, trust_pickle, exporter, height, width, batch,
-               min_size, max_size, **kw):
+               min_size, max_size, stream, stream_components, stream_dtype, **kw):
     """Export FAMILY's components to a validated ONNX artifact folder.
 
     Without FAMILY, --weights must be a diffusers folder (or a cached hub id): the family is
@@ -132,6 +138,15 @@ def export_cmd(family, weights, random_weights, tiny, out, force, seed, trust_pi
     from ..optimize.commands import parse_pass_options
 
     opts = parse_pass_options(kw, required=False)  # bad pass flags fail before the export
+    from .streamed import StreamRequest
+
+    streaming = None
+    if stream or stream_components:
+        if opts is not None:
+            raise EdgegenError("--stream exports only: optimize the streamed artifact with `edgegen optimize` "
+                               "(its bf16 graphs can't run the quality gate's parent pipeline on this CPU)")
+        comps = tuple(c.strip() for c in stream_components.split(",") if c.strip()) if stream_components else None
+        streaming = StreamRequest(stream_dtype, comps)
     try:
         import torch  # noqa: F401
         import diffusers  # noqa: F401
@@ -156,7 +171,7 @@ def export_cmd(family, weights, random_weights, tiny, out, force, seed, trust_pi
                 status.update(msg)
 
             path = export(family, source, stage / "fp32" if stage else out, force=force, progress=progress,
-                          exporter=exporter, sizes=sizes)
+                          exporter=exporter, sizes=sizes, stream=streaming)
         if stage:
             from ..optimize.commands import run_optimize
 

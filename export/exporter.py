@@ -82,7 +82,11 @@ def release_weights(done, later) -> None:
 
 
 def export(family_name: str, source: Source, out: str | Path, force: bool = False, progress=None,
-           exporter: str | None = None, pipe=None, sizes: SizeRequest | None = None) -> Path:
+           exporter: str | None = None, pipe=None, sizes: SizeRequest | None = None, stream=None) -> Path:
+    """`stream`: a streamed.StreamRequest; its components are traced on meta and their weights
+    streamed from safetensors (export/streamed.py), the others export as usual."""
+    from . import streamed as S
+
     family = get_family(family_name)
     out = Path(out)
     check_out_path(out, force)
@@ -90,11 +94,15 @@ def export(family_name: str, source: Source, out: str | Path, force: bool = Fals
     sizes.check()
     say = progress or (lambda msg: None)
     started = time.time()
-    say(f"loading {family.name} ({source.kind})")
+    streams = S.choose(family, source, stream) if stream is not None else []
+    if stream is not None and pipe is not None:
+        raise EdgegenError("export(stream=...) loads its own pipeline (its streamed models stay on meta)")
+    say(f"loading {family.name} ({source.kind})" + (f"; streaming {', '.join(streams)}" if streams else ""))
     # A pipeline loaded here is this function's own: each component's weights are released once it
     # is exported and validated (a caller's pipeline is left as it was given).
     own = pipe is None
-    pipe = pipe if pipe is not None else load_pipeline(family, source)
+    pipe = pipe if pipe is not None else load_pipeline(
+        family, source, preset={n: S.meta_model(family, source, n) for n in streams})
     arch = get_arch(family.arch)
     resolution = export_resolution(family.tiny_resolution if source.tiny else family.resolution,
                                    arch.size_limits(pipe), sizes)
@@ -106,26 +114,38 @@ def export(family_name: str, source: Source, out: str | Path, force: bool = Fals
 
     from .onnx_export import export_component, validate_component
 
-    with write_artifact(out, force) as tmp:
+    with write_artifact(out, force) as tmp, S.scratch(out, streams and source.kind != "folder") as scratch:
         components = {}
         for i, comp in enumerate(comps):
-            say(f"exporting {comp.name} ({comp.params / 1e6:.1f}M params)")
+            say(f"exporting {comp.name} ({comp.params / 1e6:.1f}M params)" + (" streamed" if comp.name in streams else ""))
             t0 = time.time()
-            files = export_component(comp, tmp / comp.name, exporter or comp.exporter)
-            t1 = time.time()
-            say(f"validating {comp.name} against PyTorch")
-            release = (lambda c=comp, k=i: release_weights(c, comps[k + 1:])) if own else None
-            validation = validate_component(comp, tmp / comp.name / "model.onnx", release=release)
-            if release is not None:
-                release()
+            precision = "fp32"
+            if comp.name in streams:
+                try:
+                    ckpt = S.checkpoint(family, source, comp.name, comp.module.model, scratch, stream.dtype, source.seed)
+                    files, validation = S.export_streamed(family, comp, ckpt, tmp / comp.name, stream.dtype, say)
+                finally:
+                    if scratch is not None:
+                        S.remove(scratch / f"{comp.name}.safetensors")
+                precision = S.LOW[stream.dtype]
+                t1 = time.time()
+            else:
+                files = export_component(comp, tmp / comp.name, exporter or comp.exporter)
+                t1 = time.time()
+                say(f"validating {comp.name} against PyTorch")
+                release = (lambda c=comp, k=i: release_weights(c, comps[k + 1:])) if own else None
+                validation = validate_component(comp, tmp / comp.name / "model.onnx", release=release)
+                if release is not None:
+                    release()
             rel = [f"{comp.name}/{f}" for f in files]
             components[comp.name] = {
                 "graph": f"{comp.name}/model.onnx",
                 "files": digest_files(tmp, rel),
                 "io": comp.io.to_dict(),
                 "params": comp.params,
-                "precision": "fp32",
-                "exporter": exporter or comp.exporter,
+                "precision": precision,
+                **({"compute_dtype": stream.dtype} if comp.name in streams else {}),
+                "exporter": "streaming" if comp.name in streams else exporter or comp.exporter,
                 "export_seconds": round(t1 - t0, 2),
                 "validation": validation,
             }
@@ -135,13 +155,17 @@ def export(family_name: str, source: Source, out: str | Path, force: bool = Fals
             "passes": [{"name": "export", "version": 1,
                         "config": {"format": "onnx", "exporter": exporter or "per component", "precision": "fp32",
                                    "sizes": sizes.to_dict(), "static": sizes.static,
+                                   **({"stream": {"dtype": stream.dtype, "components": streams}} if streams else {}),
                                    "seconds": round(time.time() - started, 1)}}],
             "tools": tool_versions(),
         }
         from .sampler_graphs import add_sampler_graphs, merge_entries
 
         say("tracing the default sampler (and the few-step denoise graph) into ONNX")
-        merge_entries(manifest, add_sampler_graphs(tmp, manifest, say=say))
+        # A streamed denoiser is too big to run as a one-call denoise graph's validation here (and a
+        # bf16 one cannot run on the CPU at all): the runtime steps it from the sampler graphs.
+        merge_entries(manifest, add_sampler_graphs(tmp, manifest, say=say,
+                                                   denoise=False if family.denoiser.component in streams else None))
         save_manifest(tmp, manifest)
     if not out.exists():
         raise EdgegenError(f"export finished but {out} was not written")

@@ -89,6 +89,19 @@ class CastIO(nn.Module):
         return tuple(o.to(d) for o, d in zip(out, self._out))
 
 
+class CastFn(CastIO):
+    """CastIO around a component's own call, `fn(model, *inputs)` (export/components.py's
+    TupleOut): the streamed graph then has exactly the regular export's inputs and outputs."""
+
+    def __init__(self, model: nn.Module, io: IOSpec, dtype: torch.dtype, fn):
+        super().__init__(model, io, dtype)
+        self._fn = fn
+
+    def forward(self, *args):
+        out = self._fn(self.model, *(a.to(self._dtype) if a.is_floating_point() else a for a in args))
+        return tuple(o.to(d) for o, d in zip(out, self._out))
+
+
 @contextmanager
 def _params_on_meta():
     """Parameters go to the meta device as they are registered; buffers stay real.
@@ -481,52 +494,15 @@ def extract_submodel(model_path: Path, inputs: list[str], outputs: list[str], ou
 
 
 def upcast_to_float32(model_path: Path, out_path: Path) -> Path:
-    """A copy of a float16/bfloat16 graph computing in float32: initializers, Constant and
-    ConstantOfShape values, Cast targets and graph IO types move to float32.
-
-    onnxruntime.transformers.float16 / onnxconverter-common only go fp32 -> fp16; nothing
-    in onnx or onnxruntime goes back, so this is written here. Loads the sub-model's weights:
-    use it on extracted blocks, not on a whole 12B graph.
-    """
-    import numpy as np
+    """A copy of a float16/bfloat16 graph computing in float32 (optimize.graph.lift_to_float32).
+    Loads the sub-model's weights: use it on extracted blocks and small graphs, not on a whole
+    12B graph (the weight-only passes' compute=float32 lifts while streaming)."""
     import onnx
-    from onnx import TensorProto as T
-    from onnx import numpy_helper
 
-    low = {T.FLOAT16, T.BFLOAT16}
-
-    def lift_tensor(t):
-        if t.data_type not in low:
-            return t
-        arr = numpy_helper.to_array(t).astype(np.float32)
-        new = numpy_helper.from_array(arr, t.name)
-        return new
-
-    def lift_type(tp):
-        if tp.HasField("tensor_type") and tp.tensor_type.elem_type in low:
-            tp.tensor_type.elem_type = T.FLOAT
-
-    def lift_graph(g):
-        for i, t in enumerate(g.initializer):
-            if t.data_type in low:
-                g.initializer[i].CopyFrom(lift_tensor(t))
-        for v in (*g.input, *g.output):
-            lift_type(v.type)
-        del g.value_info[:]
-        for n in g.node:
-            for a in n.attribute:
-                if a.type == onnx.AttributeProto.TENSOR and a.t.data_type in low:
-                    a.t.CopyFrom(lift_tensor(a.t))
-                elif a.type == onnx.AttributeProto.GRAPH:
-                    lift_graph(a.g)
-                elif a.type == onnx.AttributeProto.GRAPHS:
-                    for sg in a.graphs:
-                        lift_graph(sg)
-                elif n.op_type == "Cast" and a.name == "to" and a.i in low:
-                    a.i = T.FLOAT
+    from ..optimize.graph import lift_to_float32
 
     m = onnx.load(str(model_path), load_external_data=True)
-    lift_graph(m.graph)
+    lift_to_float32(m.graph)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save_model(m, str(out_path), save_as_external_data=True, all_tensors_to_one_file=True,
                     location=out_path.name + ".data", size_threshold=1024)

@@ -172,9 +172,10 @@ def _load_tokenizer(folder: Path):
     return AutoTokenizer.from_pretrained(str(folder))
 
 
-def build_random(family: Family, tiny: bool, seed: int, device: str | None = None):
+def build_random(family: Family, tiny: bool, seed: int, device: str | None = None, preset: dict | None = None):
     """The family's pipeline with seeded random weights (real configs, or tiny ones). With
-    device="meta" the models hold shapes only (no memory): what FLOP counts and recipes need."""
+    device="meta" the models hold shapes only (no memory): what FLOP counts and recipes need.
+    `preset`: component -> model used as given (the streamed ones, on meta)."""
     import contextlib
 
     import diffusers
@@ -182,26 +183,30 @@ def build_random(family: Family, tiny: bool, seed: int, device: str | None = Non
     import transformers
 
     on = (lambda: torch.device(device)) if device else contextlib.nullcontext
-    parts = {}
+    preset = preset or {}
+    parts = dict(preset)
     with tempfile.TemporaryDirectory() as tmp:
         for i, te in enumerate(family.text_encoders):
             cls = getattr(transformers, te.model_class)
             torch.manual_seed(seed + i)
-            with on():
-                parts[te.component] = cls(cls.config_class(**(te.tiny if tiny else te.config))).eval()
+            if te.component not in preset:
+                with on():
+                    parts[te.component] = cls(cls.config_class(**(te.tiny if tiny else te.config))).eval()
             parts[te.tokenizer] = _load_tokenizer(write_tokenizer(te, Path(tmp) / te.tokenizer))
     for k, m in enumerate((family.denoiser, family.vae)):
         torch.manual_seed(seed + 10 + k)
-        with on():
-            parts[m.component] = getattr(diffusers, m.cls).from_config(m.get(tiny)).eval()
+        if m.component not in preset:
+            with on():
+                parts[m.component] = getattr(diffusers, m.cls).from_config(m.get(tiny)).eval()
     parts["scheduler"] = getattr(diffusers, family.scheduler["_class_name"]).from_config(family.scheduler)
     return _assemble(family, parts)
 
 
-def load_pipeline(family: Family, source: Source):
-    """Load the source as the family's diffusers pipeline, or raise EdgegenError."""
+def load_pipeline(family: Family, source: Source, preset: dict | None = None):
+    """Load the source as the family's diffusers pipeline, or raise EdgegenError. `preset`:
+    component -> model to use as given instead of loading it (streamed components, on meta)."""
     if source.kind in ("tiny", "random"):
-        return build_random(family, source.tiny, source.seed)
+        return build_random(family, source.tiny, source.seed, preset=preset)
     cls = _pipeline_class(family)
     extra = {} if source.trust_pickle else {"use_safetensors": True}
     # Graphs are traced and validated in fp32 (optimize makes fp16/bf16 behind its gate). Hub
@@ -214,7 +219,7 @@ def load_pipeline(family: Family, source: Source):
         extra.update(safety_checker=None, requires_safety_checker=False)
     if source.kind == "folder":
         check_folder(family, Path(source.path), source.trust_pickle)
-        pipe = cls.from_pretrained(source.path, local_files_only=True, **extra)
+        pipe = cls.from_pretrained(source.path, local_files_only=True, **extra, **(preset or {}))
     elif source.kind == "single-file":
         with tempfile.TemporaryDirectory() as tmp:
             config = write_config_folder(family, Path(tmp), tiny=False)

@@ -100,6 +100,7 @@ def optimize(src: str | Path, passes: list[Pass], out: str | Path, force: bool =
                     G.link_or_copy(art.root / rel, tmp / rel)
                 continue
             cur, reports, precision = art.graph_path(name), [], comp.get("precision", "fp32")
+            compute = comp.get("compute_dtype")
             applied = []
             for i, p in enumerate(chain):
                 say(f"{name}: {p.name}")
@@ -121,6 +122,7 @@ def optimize(src: str | Path, passes: list[Pass], out: str | Path, force: bool =
                     raise EdgegenError(f"{p.name} failed on {name}: {type(e).__name__}: {msg}") from e
                 cur = dst / res.files[0]
                 precision = res.precision or precision
+                compute = res.report.get("compute", compute)
                 applied.append(p)
                 reports.append({"pass": p.name, "seconds": round(time.time() - t0, 2), **res.report})
             if not applied:
@@ -140,6 +142,8 @@ def optimize(src: str | Path, passes: list[Pass], out: str | Path, force: bool =
             rec["graph"] = f"{name}/{cur.name}"
             rec["files"] = digest_files(tmp, rels)
             rec["precision"] = precision
+            if compute is not None:
+                rec["compute_dtype"] = compute
             new_bytes = sum(f["bytes"] for f in rec["files"].values())
             rec["optimize"] = {"passes": [p.name for p in applied], "parent_bytes": parent_bytes, "bytes": new_bytes,
                                "size_ratio": round(new_bytes / parent_bytes, 4),

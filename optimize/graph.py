@@ -232,6 +232,44 @@ def read_initializer(t: onnx.TensorProto, base: Path) -> np.ndarray:
     return arr.reshape(tuple(t.dims))
 
 
+LOW_FLOATS = (TensorProto.FLOAT16, TensorProto.BFLOAT16)
+
+
+def lift_to_float32(g: onnx.GraphProto, initializers: bool = True) -> None:
+    """Make a float16/bfloat16 graph compute in float32, in place: Constant/ConstantOfShape
+    values, Cast targets, graph IO types and (unless `initializers` is False, for callers that
+    stream them) initializers; value_info is dropped (shape inference redoes it).
+
+    onnxruntime.transformers.float16 / onnxconverter-common only go fp32 -> fp16; nothing in
+    onnx or onnxruntime goes back, so this is written here.
+    """
+    def lift_tensor(t: onnx.TensorProto) -> onnx.TensorProto:
+        return numpy_helper.from_array(numpy_helper.to_array(t).astype(np.float32), t.name)
+
+    def lift_type(tp) -> None:
+        if tp.HasField("tensor_type") and tp.tensor_type.elem_type in LOW_FLOATS:
+            tp.tensor_type.elem_type = TensorProto.FLOAT
+
+    if initializers:
+        for i, t in enumerate(g.initializer):
+            if t.data_type in LOW_FLOATS:
+                g.initializer[i].CopyFrom(lift_tensor(t))
+    for v in (*g.input, *g.output):
+        lift_type(v.type)
+    del g.value_info[:]
+    for n in g.node:
+        for a in n.attribute:
+            if a.type == onnx.AttributeProto.TENSOR and a.t.data_type in LOW_FLOATS:
+                a.t.CopyFrom(lift_tensor(a.t))
+            elif a.type == onnx.AttributeProto.GRAPH:
+                lift_to_float32(a.g)
+            elif a.type == onnx.AttributeProto.GRAPHS:
+                for sg in a.graphs:
+                    lift_to_float32(sg)
+            elif n.op_type == "Cast" and a.name == "to" and a.i in LOW_FLOATS:
+                a.i = TensorProto.FLOAT
+
+
 @dataclass
 class NewTensor:
     """An initializer that replaces another in `rewrite_weights`: `array` holds the stored

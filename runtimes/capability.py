@@ -116,3 +116,13 @@ def check(target: str, device: Device, manifest: dict, precision: str | None = N
         if device.precisions is not None and base not in device.precisions and base != "fp32":
             raise EdgegenError(f"{where}: {comp} is {prec}, which device profile {device.name} does not run "
                                f"(it lists {', '.join(device.precisions)})")
+
+
+def check_runtime(backend: str, device: str, name: str, component: dict) -> None:
+    """Refuse, before its session is made, a component the chosen runtime cannot execute: a
+    streamed export computes in bfloat16 (`compute_dtype`), which onnxruntime's CPU EP has no
+    kernels for (MatMul, Mul, ... all fail at session creation)."""
+    if backend == "onnxruntime" and device.lower() == "cpu" and component.get("compute_dtype") == "bfloat16":
+        raise EdgegenError(f"{name} computes in bfloat16, which onnxruntime's CPU EP cannot run; make a CPU "
+                           f"artifact with edgegen optimize ARTIFACT --pass int4:compute=float32 (or "
+                           f"int8-weights:compute=float32) --components {name}, or use --device cuda")

@@ -19,6 +19,7 @@ import numpy as np
 from .artifact import Artifact, load_artifact
 from .errors import EdgegenError
 from .image import image_to_array, load_image, mask_to_array, nearest_resize, to_uint8
+from .capability import check_runtime
 from .backend import Backend, ComponentSpec, binding_differences, get_backend
 from .samplers import SAMPLERS, make_sampler
 from .shape_profile import is_static
@@ -149,6 +150,7 @@ class Pipeline:
         if name not in self._components:
             if self.memory == "sequential":
                 self.release(keep=self.stage_of(name))
+            check_runtime(self.backend.name, self.backend.device, name, self.artifact.components[name])
             self._components[name] = self.backend.load(component_spec(self.artifact, name))
         return self._components[name]
 

@@ -179,8 +179,11 @@ class _WeightOnly(Pass):
     roles = ("denoiser", "text_encoder")
     bits: int
     _linear = True  # False: convs only (int4 GPTQ leaves the MatMuls to the library)
+    # compute=float32: a bf16/fp16 parent (a streamed FLUX or T5-XXL export) comes out computing in
+    # float32 around the quantized weights, its other tensors widened while they stream:
+    # onnxruntime's CPU EP has no bf16 MatMulNBits (nor bf16 MatMul), so this is the graph a CPU runs.
     defaults = {"block_size": 32, "format": "matmulnbits", "convs": True, "embeddings": True, "skip": True,
-                "accuracy_level": 0}
+                "accuracy_level": 0, "compute": "keep"}
 
     def check_config(self):
         c = self.config
@@ -188,6 +191,8 @@ class _WeightOnly(Pass):
             raise EdgegenError(f"{self.name}: format must be matmulnbits or qdq")
         if c["format"] == "qdq" and self.bits != 4:
             raise EdgegenError(f"{self.name}: format=qdq is int4 only (onnxruntime packs int8 weights for MatMulNBits)")
+        if c["compute"] not in ("keep", "float32"):
+            raise EdgegenError(f"{self.name}: compute must be keep or float32")
         b = c["block_size"]
         if not isinstance(b, int) or b < 16 or b & (b - 1):
             raise EdgegenError(f"{self.name}: block_size must be a power of two >= 16")
@@ -209,13 +214,17 @@ class _WeightOnly(Pass):
             raise EdgegenError(f"{ctx.component}: no MatMul/Gemm/Conv weights for {self.name}")
         by_weight = {t.weight: t for t in targets}
         dtypes = {t.name: t.data_type for t in model.graph.initializer}
+        lift = c["compute"] == "float32"
+        widen = {n for n, d in dtypes.items() if lift and d in G.LOW_FLOATS and n not in by_weight}
         errors: dict[str, float] = {}
         sizes: dict[str, int] = {}
 
-        def quantize(name: str, arr: np.ndarray) -> list[G.NewTensor]:
+        def quantize(name: str, arr: np.ndarray):
+            if name in widen:
+                return arr.astype(np.float32), TensorProto.FLOAT
             t = by_weight[name]
             w = arr.astype(np.float32)
-            scale_np = arr.dtype
+            scale_np, scale_type = (np.float32, TensorProto.FLOAT) if lift else (arr.dtype, dtypes[name])
             if t.kind in ("gather", "conv"):  # blocks along axis 1: input channels / table rows
                 q, scale = quantize_blocks(w, block, axis=1, bits=bits)
                 deq = dequantize_blocks(q, scale, block, axis=1)
@@ -237,20 +246,23 @@ class _WeightOnly(Pass):
                 qtype = TensorProto.INT4 if c["format"] == "qdq" else TensorProto.UINT8
                 out = [G.NewTensor(f"{name}_q{bits}", packed, qtype, dims)]
                 ref = w_kn
-            out.append(G.NewTensor(f"{name}_scales", scale.astype(scale_np), dtypes[name]))
+            out.append(G.NewTensor(f"{name}_scales", scale.astype(scale_np), scale_type))
             errors[t.node.name] = float(np.linalg.norm(deq - ref) / max(np.linalg.norm(ref), 1e-30))
             sizes[t.node.name] = ref.size
             return out
 
         def edit(m: onnx.ModelProto) -> None:
             self._rewrite_nodes(m, targets)
+            if lift:
+                G.lift_to_float32(m.graph, initializers=False)
 
         if c["convs"] and any(t.kind == "conv" for t in targets) or c["format"] == "qdq":
             model = G.upgrade_opset(model, 21)  # blocked DequantizeLinear
-        files = G.rewrite_weights(ctx.src, ctx.dst, quantize, set(by_weight), edit, model=model)
+        files = G.rewrite_weights(ctx.src, ctx.dst, quantize, set(by_weight) | widen, edit, model=model)
         total = sum(sizes.values())
         return PassResult(files, precision=self.precision, report={
             "matmuls": sum(t.kind == "linear" for t in targets), "convs": sum(t.kind == "conv" for t in targets),
+            **({"compute": "float32", "widened_to_float32": len(widen)} if lift else {}),
             "embeddings": sum(t.kind == "gather" for t in targets),
             "skipped_nodes": skipped,
             # Relative L2 error of each dequantized weight vs the original, and the
