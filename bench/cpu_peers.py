@@ -42,7 +42,6 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compile_sd15 import measure as measure_step_variant, nncf_int8  # noqa: E402
 from machine import describe  # noqa: E402
 from optimize_sd15 import child, feeds, time_fn  # noqa: E402
 
@@ -84,7 +83,50 @@ def step_child(kind: str, path: str, art: Path, npy: Path, threads: int, repeats
         np.save(npy, run())
         np.save(str(npy) + ".whole.npy", whole["noise_pred"])
         return {**res, "backend": "onnxruntime", "precision": "int8"}
-    return measure_step_variant(kind, path, art, npy, threads, repeats, latent)
+    f = feeds(art, latent)
+    if kind == "edgegen":      # an artifact through edgegen's own backend (compiled or not)
+        from edgegen.runtimes.pipeline import Pipeline
+
+        pipe = Pipeline.load(path, threads=threads)
+        unet = pipe.component("unet")
+        run = lambda: unet(**f)["noise_pred"]  # noqa: E731
+        info = {"backend": pipe.backend.name, "precision": pipe.backend.resolved_precision()}
+    elif kind in ("nncf", "nncf-static"):
+        import openvino as ov
+
+        core = ov.Core()
+        model = core.read_model(path)
+        if kind == "nncf-static":
+            model.reshape({k: list(v.shape) for k, v in f.items()})
+        compiled = core.compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"})
+        req = compiled.create_infer_request()
+        out = compiled.output(0)
+        run = lambda: np.array(req.infer(f)[out], copy=True)  # noqa: E731
+        info = {"backend": "openvino (NNCF IR)",
+                "precision": compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()}
+    else:
+        raise ValueError(kind)
+    res = time_fn(run, repeats)
+    np.save(npy, run())
+    return {**res, **info}
+
+
+def nncf_int8(art: Path, out_xml: Path, say) -> dict:
+    """The peer's recipe on the same calibration data edgegen's --int8 gets."""
+    import nncf
+    import openvino as ov
+
+    from edgegen.optimize.calibrate import collect
+    from edgegen.runtimes.artifact import load_artifact
+
+    a = load_artifact(art, verify=False)
+    t0 = time.time()
+    traj = collect(a, 2, 1, steps=4, size=256, say=say)
+    data = traj.calibration["unet"]
+    model = ov.Core().read_model(str(a.graph_path("unet")))
+    q = nncf.quantize(model, nncf.Dataset(data), model_type=nncf.ModelType.TRANSFORMER, subset_size=len(data))
+    ov.save_model(q, str(out_xml), compress_to_fp16=False)
+    return {"samples": len(data), "seconds": round(time.time() - t0, 1)}
 
 
 class NncfUnet:

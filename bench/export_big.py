@@ -285,9 +285,23 @@ def child_validate(args) -> dict:
                                           upcast_to_float32)
 
     m = big_model(args.model, args.tiny)
+    graph_file, limit = "model.onnx", None
+    if args.artifact:  # a transformer inside an edgegen artifact (e.g. after int4:compute=float32)
+        import dataclasses
+
+        from edgegen.optimize.registry import get_pass
+        from edgegen.runtimes.iospec import IOSpec
+
+        comp = json.loads((args.artifact / "manifest.json").read_text())["components"]["transformer"]
+        m = dataclasses.replace(m, io=IOSpec.from_dict(comp["io"]))
+        args.out = (args.artifact / comp["graph"]).parent
+        graph_file = Path(comp["graph"]).name
+        applied = comp.get("optimize", {}).get("passes", [])
+        # A quantized graph is held to its pass's own error limit (its gate's rel_err), per block.
+        limit = get_pass(applied[-1]).thresholds.rel_err if applied else None
     io, order = m.io, m.order()
     out = Path(args.out)
-    graph = onnx.load(str(out / "model.onnx"), load_external_data=False)
+    graph = onnx.load(str(out / graph_file), load_external_data=False)
     ckpt = Checkpoint(Path(args.checkpoint))
     gdtype = DTYPES[args.dtype]
     opts = ort.SessionOptions()
@@ -314,7 +328,7 @@ def child_validate(args) -> dict:
             keys = sorted(cut_out)
             outputs = [cut_out[k] for k in keys]
         inputs = [*cut_in.values(), *io.input_names]
-        sub_path = extract_submodel(out / "model.onnx", inputs, outputs, out / f"check_{block}.onnx")
+        sub_path = extract_submodel(out / graph_file, inputs, outputs, out / f"check_{block}.onnx")
         sub = onnx.load(str(sub_path), load_external_data=False)
         weights = sorted(t.name for t in sub.graph.initializer if t.name.startswith(PREFIX))
         own = [w for w in weights if w.startswith(f"{PREFIX}{block}.")]
@@ -355,6 +369,12 @@ def child_validate(args) -> dict:
                        "torch_fp16_vs_torch_fp32": float(np.abs(r16 - r32).max())}
                 row["lifted_tolerance"] = FP32_ATOL + FP32_RTOL * scale
                 ok = row["lifted_fp32_vs_torch_fp32"] <= row["lifted_tolerance"] and np.isfinite(got32[key]).all()
+                if limit is not None:
+                    d, r = got32[key].astype(np.float64).ravel(), r32.astype(np.float64).ravel()
+                    row["rel_err"] = float(np.linalg.norm(d - r) / np.linalg.norm(r))
+                    row["cosine"] = float(d @ r / (np.linalg.norm(d) * np.linalg.norm(r)))
+                    row["rel_err_limit"] = limit
+                    ok = bool(np.isfinite(d).all()) and row["rel_err"] <= limit
                 if got16:
                     g = got16[key].astype(np.float32)
                     row["finite"] = bool(np.isfinite(g).all())
@@ -373,7 +393,9 @@ def child_validate(args) -> dict:
                         "passed": all(c["passed"] for c in checks)})
     shutil.rmtree(out / "lifted", ignore_errors=True)
     return {"blocks": results, "passed": all(r["passed"] for r in results),
-            "rule": {"lifted": f"max|onnx_fp32 - torch_fp32| <= {FP32_ATOL} + {FP32_RTOL}*max|torch|",
+            "rule": {"lifted": (f"quantized graph: rel. L2 error vs torch fp32 <= {limit} (its pass's gate limit)"
+                                if limit is not None else
+                                f"max|onnx_fp32 - torch_fp32| <= {FP32_ATOL} + {FP32_RTOL}*max|torch|"),
                      "fp16": (f"max|onnx_fp16 - torch_fp32| <= {LOW_RTOL}*max|torch|, no NaN/inf"
                               if args.dtype == "float16" else
                               f"the {args.dtype} graph itself can't run here (onnxruntime's CPU EP has no "
@@ -385,6 +407,7 @@ def child_validate(args) -> dict:
 def run_child(stage: str, args, extra: list[str]) -> tuple[dict, float, float]:
     """Run a stage in a child; returns (its JSON result, wall seconds, its peak RSS in GiB)."""
     cmd = [sys.executable, __file__, "--stage", stage, "--model", args.model, "--dtype", args.dtype, *(["--tiny"] * args.tiny),
+           *(["--artifact", str(args.artifact)] if args.artifact else []),
            "--checkpoint", str(args.checkpoint), "--out", str(args.out), *extra]
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
@@ -410,6 +433,10 @@ def main() -> None:
     ap.add_argument("--record", help="write bench/results/<name>.json and .md")
     ap.add_argument("--cleanup", action="store_true", help="delete the checkpoint and the export at the end")
     ap.add_argument("--note", help="a line for the record (e.g. what else ran on the machine)")
+    ap.add_argument("--artifact", type=Path, help="check the transformer of this edgegen artifact (e.g. an "
+                    "`edgegen export --stream` one after int4:compute=float32) instead of exporting; with "
+                    "--checkpoint the random weights it was streamed from (--seed)")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the random checkpoint written when it is missing")
     ap.add_argument("--stage", choices=["export", "validate"], help=argparse.SUPPRESS)
     args = ap.parse_args()
     tag = args.model + ("-tiny" if args.tiny else "")
@@ -432,7 +459,7 @@ def main() -> None:
 
     if not args.checkpoint.exists():
         print(f"writing {args.checkpoint}", file=sys.stderr)
-        result["checkpoint"] = make_random_checkpoint(m.cls, m.config, args.checkpoint, "bfloat16", seed=0)
+        result["checkpoint"] = make_random_checkpoint(m.cls, m.config, args.checkpoint, "bfloat16", seed=args.seed)
         result["checkpoint"]["command"] = (f"python bench/make_random_checkpoint.py {args.model} {args.checkpoint}"
                                            if not args.tiny else "make_random_checkpoint() on the --tiny config")
         # This process has done nothing else yet: its peak is the writer's.
@@ -441,7 +468,7 @@ def main() -> None:
         result["checkpoint"] = json.loads(summary_path(args.checkpoint).read_text())
     else:
         result["checkpoint"] = {"path": str(args.checkpoint), "bytes": args.checkpoint.stat().st_size}
-    if not args.skip_export:
+    if not args.skip_export and not args.artifact:
         rep, wall, peak = run_child("export", args, [])
         result["export"] = {"dtype": args.dtype, "wall_seconds": round(wall, 1), "peak_rss_gb": round(peak, 2),
                             "budget_gb": 8, "within_budget": peak <= 8, **rep}
@@ -452,7 +479,8 @@ def main() -> None:
     if args.record:
         write_record(args.record, result)
     if args.cleanup:
-        shutil.rmtree(args.out, ignore_errors=True)
+        if not args.artifact:  # never an artifact's own folder
+            shutil.rmtree(args.out, ignore_errors=True)
         args.checkpoint.unlink(missing_ok=True)
         summary_path(args.checkpoint).unlink(missing_ok=True)
     if not val["passed"]:

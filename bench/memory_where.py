@@ -71,7 +71,10 @@ def child(cfg: dict) -> dict:
     pipe.backend.load = watched
     ran = set()
 
+    stage_seconds: dict[str, float] = {}
+
     def observe(stage, inputs, outputs, seconds):
+        stage_seconds[stage] = stage_seconds.get(stage, 0.0) + seconds
         if stage not in ran and not stage.startswith("tokenize"):
             ran.add(stage)
             timeline.append({"event": f"ran {stage}", "seconds": round(seconds, 2), **_status()})
@@ -86,6 +89,7 @@ def child(cfg: dict) -> dict:
     np.save(cfg["image_out"], image)
     end = _status()
     return {"timeline": timeline, "peak_rss_bytes": end["VmHWM"], "generate_seconds": round(gen, 2),
+            "stage_seconds": {k: round(v, 2) for k, v in stage_seconds.items()},
             "total_seconds": round(time.perf_counter() - t0, 2)}
 
 
@@ -153,6 +157,9 @@ def render(res: dict) -> str:
     for name, r in res["configs"].items():
         if "timeline" not in r:
             continue
+        if r.get("stage_seconds"):
+            lines += ["", f"{name}, seconds per stage over the whole image (loads not included): "
+                      + ", ".join(f"{k} {v}" for k, v in r["stage_seconds"].items())]
         lines += ["", f"## {name}: resident set after each load and each stage's first run", "",
                   "| event | seconds | RSS | anon | file | high-water |", "|---|---|---|---|---|---|"]
         for e in r["timeline"]:

@@ -237,8 +237,9 @@ LOW_FLOATS = (TensorProto.FLOAT16, TensorProto.BFLOAT16)
 
 def lift_to_float32(g: onnx.GraphProto, initializers: bool = True) -> None:
     """Make a float16/bfloat16 graph compute in float32, in place: Constant/ConstantOfShape
-    values, Cast targets, graph IO types and (unless `initializers` is False, for callers that
-    stream them) initializers; value_info is dropped (shape inference redoes it).
+    values, Cast targets, graph IO and value_info types and (unless `initializers` is False, for
+    callers that stream them) initializers. value_info keeps its symbolic shapes (the per-block
+    checks find the residual streams by them).
 
     onnxruntime.transformers.float16 / onnxconverter-common only go fp32 -> fp16; nothing in
     onnx or onnxruntime goes back, so this is written here.
@@ -254,9 +255,8 @@ def lift_to_float32(g: onnx.GraphProto, initializers: bool = True) -> None:
         for i, t in enumerate(g.initializer):
             if t.data_type in LOW_FLOATS:
                 g.initializer[i].CopyFrom(lift_tensor(t))
-    for v in (*g.input, *g.output):
+    for v in (*g.input, *g.output, *g.value_info):
         lift_type(v.type)
-    del g.value_info[:]
     for n in g.node:
         for a in n.attribute:
             if a.type == onnx.AttributeProto.TENSOR and a.t.data_type in LOW_FLOATS:

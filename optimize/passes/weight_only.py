@@ -304,6 +304,8 @@ class _WeightOnly(Pass):
                 attrs["accuracy_level"] = c["accuracy_level"]
             replace[n.name] = helper.make_node("MatMulNBits", inputs, list(n.output), name=f"{n.name}_Q{bits}",
                                                domain="com.microsoft", **attrs)
+        for name, new in replace.items():  # keep the exporter's module scopes: per-block cuts find blocks by them
+            new.metadata_props.extend(by_name[name].metadata_props)
         nodes = []
         for n in m.graph.node:
             if n.name in drop:
