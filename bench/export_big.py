@@ -437,6 +437,7 @@ def main() -> None:
                     "`edgegen export --stream` one after int4:compute=float32) instead of exporting; with "
                     "--checkpoint the random weights it was streamed from (--seed)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the random checkpoint written when it is missing")
+    ap.add_argument("--json-out", type=Path, help="also write the result JSON to this file")
     ap.add_argument("--stage", choices=["export", "validate"], help=argparse.SUPPRESS)
     args = ap.parse_args()
     tag = args.model + ("-tiny" if args.tiny else "")
@@ -476,6 +477,8 @@ def main() -> None:
     val, wall, peak = run_child("validate", args, ["--blocks", *args.blocks])
     result["validation"] = {"wall_seconds": round(wall, 1), "peak_rss_gb": round(peak, 2), **val}
     print(json.dumps(result, indent=2))
+    if args.json_out:
+        args.json_out.write_text(json.dumps(result, indent=2) + "\n")
     if args.record:
         write_record(args.record, result)
     if args.cleanup:

@@ -160,11 +160,8 @@ def render(res: dict) -> str:
         if r.get("stage_seconds"):
             lines += ["", f"{name}, seconds per stage over the whole image (loads not included): "
                       + ", ".join(f"{k} {v}" for k, v in r["stage_seconds"].items())]
-        lines += ["", f"## {name}: resident set after each load and each stage's first run", "",
-                  "| event | seconds | RSS | anon | file | high-water |", "|---|---|---|---|---|---|"]
-        for e in r["timeline"]:
-            lines.append(f"| {e['event']} | {e.get('seconds', '')} | {e['VmRSS'] / GiB:.2f} | {e['RssAnon'] / GiB:.2f} | "
-                         f"{e['RssFile'] / GiB:.2f} | {e['VmHWM'] / GiB:.2f} |")
+        lines += ["", f"## {name}: resident set after each load and each stage's first run (GiB)", "",
+                  *timeline_table(r["timeline"])]
     return "\n".join(lines) + "\n"
 
 
@@ -215,9 +212,21 @@ def main() -> None:
     text = render(res)
     print(text)
     if args.record:
-        out = HERE / "results" / args.record
-        out.with_suffix(".json").write_text(json.dumps(res, indent=1) + "\n")
-        out.with_suffix(".md").write_text(text)
+        write_record(args.record, res, text)
+
+
+def write_record(name: str, res: dict, text: str) -> None:
+    out = HERE / "results" / name
+    out.with_suffix(".json").write_text(json.dumps(res, indent=1) + "\n")
+    out.with_suffix(".md").write_text(text)
+
+
+def timeline_table(timeline: list[dict]) -> list[str]:
+    lines = ["| event | seconds | RSS | anon | file | high-water |", "|---|---|---|---|---|---|"]
+    for e in timeline:
+        lines.append(f"| {e['event']} | {e.get('seconds', '')} | {e['VmRSS'] / GiB:.2f} | {e['RssAnon'] / GiB:.2f} | "
+                     f"{e['RssFile'] / GiB:.2f} | {e['VmHWM'] / GiB:.2f} |")
+    return lines
 
 
 if __name__ == "__main__":

@@ -122,8 +122,10 @@ def export(family_name: str, source: Source, out: str | Path, force: bool = Fals
             precision = "fp32"
             if comp.name in streams:
                 try:
-                    ckpt = S.checkpoint(family, source, comp.name, comp.module.model, scratch, stream.dtype, source.seed)
+                    ckpt, weights = S.checkpoint(family, source, comp.name, comp.module.model, scratch, stream.dtype,
+                                                 source.seed)
                     files, validation = S.export_streamed(family, comp, ckpt, tmp / comp.name, stream.dtype, say)
+                    validation["streamed"]["checkpoint"] = weights
                 finally:
                     if scratch is not None:
                         S.remove(scratch / f"{comp.name}.safetensors")

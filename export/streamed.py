@@ -101,16 +101,19 @@ def choose(family: Family, source: Source, req: StreamRequest) -> list[str]:
     return [n for n in known if sizes[n] >= STREAM_MIN_PARAMS]
 
 
-def checkpoint(family: Family, source: Source, name: str, model, scratch: Path, dtype: str, seed: int) -> Path:
-    """Where the component's weights are read from; random ones are written to `scratch` first."""
+def checkpoint(family: Family, source: Source, name: str, model, scratch: Path, dtype: str,
+               seed: int) -> tuple[Path, dict]:
+    """Where the component's weights are read from, and what they are; random ones are written
+    to `scratch` first (the record names the seed: bench/make_random_checkpoint.py rewrites the
+    same bytes for a later per-block check)."""
     if source.kind == "folder":
-        return Path(source.path) / name
+        return Path(source.path) / name, {"path": str(Path(source.path) / name)}
     from .random_checkpoint import make_random_checkpoint
 
     path = scratch / f"{name}.safetensors"
-    make_random_checkpoint(type(model), model.config, path, "bfloat16" if dtype == "bfloat16" else "float32",
-                           seed=seed + 100 + sorted(_models(family)).index(name))
-    return path
+    info = make_random_checkpoint(type(model), model.config, path, "bfloat16" if dtype == "bfloat16" else "float32",
+                                  seed=seed + 100 + sorted(_models(family)).index(name))
+    return path, {k: v for k, v in info.items() if k != "path"}
 
 
 def export_streamed(family: Family, comp, ckpt: Path, folder: Path, dtype: str, say) -> tuple[list[str], dict]:

@@ -337,3 +337,30 @@ def test_embedding_tables_become_gather_block_quantized(tmp_path, name, tol):
     assert rel_err(ref, got) < tol
     # The recorded error of the table is that of the table ORT gathers from.
     assert 0 < res.report["weight_error"]["per_layer"]["token_embedding"] < tol
+
+
+def test_int8_outer_convs_are_the_full_resolution_resnet_convs():
+    """int8:outer_convs=false keeps float the resnet convs of the first down block and of the
+    last up block, whatever the U-Net's depth (SD1.5: up_blocks.3; SDXL: up_blocks.2)."""
+    from edgegen.optimize.passes.quant import _outer_convs, _quantizable
+
+    for last in (3, 2):
+        paths = [f"down_blocks.{d}/resnets.{r}/conv{c}" for d in range(last + 1) for r in (0, 1) for c in (1, 2)]
+        paths += [f"up_blocks.{u}/resnets.{r}/conv{c}" for u in range(last + 1) for r in (0, 1, 2) for c in (1, 2)]
+        paths += ["down_blocks.0/attentions.0/transformer_blocks.0/attn1/to_q", "up_blocks.0/upsamplers.0/conv",
+                  f"up_blocks.{last}/resnets.0/conv_shortcut", "down_blocks.0/downsamplers.0/conv"]
+        nodes, inits = [], []
+        for i, p in enumerate(paths):
+            op = "MatMul" if "to_q" in p else "Conv"
+            w = numpy_helper.from_array(np.zeros((2, 2) if op == "MatMul" else (2, 2, 1, 1), np.float32), f"w{i}")
+            inits.append(w)
+            nodes.append(h.make_node(op, ["x", w.name], [f"y{i}"], name=f"/model/{p}/{op}"))
+        g = h.make_graph(nodes, "g", [h.make_tensor_value_info("x", T.FLOAT, None)],
+                         [h.make_tensor_value_info(f"y{i}", T.FLOAT, None) for i in range(len(paths))], inits)
+        m = h.make_model(g)
+        want = {f"/model/{p}/Conv" for p in paths
+                if p.startswith(("down_blocks.0/resnets", f"up_blocks.{last}/resnets")) and p.endswith(("conv1", "conv2"))}
+        assert _outer_convs(m, [n.name for n in nodes]) == want and len(want) == 4 + 6
+        kept, skipped = _quantizable(m, ("Conv", "MatMul"), skip=False, outer_convs=False)
+        assert set(skipped) == want and not want & set(kept)
+        assert _quantizable(m, ("Conv", "MatMul"), skip=False)[1] == []
