@@ -184,6 +184,7 @@ def main() -> None:
     ap.add_argument("--deepcache", type=int, default=3, help="DeepCache interval")
     ap.add_argument("--cfg-cutoff", type=float, default=0.4, help="CFG cutoff ratio")
     ap.add_argument("--no-compiled", action="store_true", help="skip the OpenVINO compiles of edgegen's graphs")
+    ap.add_argument("--per-step-only", action="store_true", help="the per-step rows alone (no options, no images)")
     ap.add_argument("--record", help="write JSON + Markdown under bench/results/ with this name")
     ap.add_argument("--work", help="keep prepared artifacts in this folder (default: a temporary one, removed)")
     ap.add_argument("--step-child", nargs=3, metavar=("KIND", "PATH", "NPY"), help=argparse.SUPPRESS)
@@ -227,8 +228,14 @@ def main() -> None:
     int8 = work / "int8"
     prepare("optimize int8", ["edgegen", "optimize", str(art), "--int8", "--components", "unet", "--out", str(int8),
                               *CALIB], int8)
+    # The int8 recipe with the U-Net's full-resolution resnet convs float (bench/int8_sensitivity.py).
+    int8_outer = work / "int8-outer-float"
+    outer_ok = prepare("optimize int8:outer_convs=false", ["edgegen", "optimize", str(art), "--pass",
+                                                            "int8:outer_convs=false", "--components", "unet", "--out",
+                                                            str(int8_outer), *CALIB], int8_outer)[0]
     dc, cc = f"deepcache:interval={args.deepcache}", f"cfg-cutoff:ratio={args.cfg_cutoff}"
-    opts = {"int8 + cfg-cutoff": [cc], "int8 + deepcache": [dc], "int8 + deepcache + cfg-cutoff": [dc, cc]}
+    opts = {} if args.per_step_only else {
+        "int8 + cfg-cutoff": [cc], "int8 + deepcache": [dc], "int8 + deepcache + cfg-cutoff": [dc, cc]}
     optioned = {}
     for name, specs in opts.items():
         out = work / name.replace(" + ", "-")
@@ -239,7 +246,8 @@ def main() -> None:
     px = str(args.latent * 8)
     static = ["--height", px, "--width", px, "--batch", "1"]
     compiled = {}
-    plan = [("openvino default, static", art, static)]
+    # The peer's image runs edgegen's static OpenVINO compile; per step alone needs no compile at all.
+    plan = [] if args.per_step_only and args.no_compiled else [("openvino default, static", art, static)]
     if not args.no_compiled:
         plan += [("openvino default", art, []), ("openvino on edgegen int8", int8, []),
                  ("openvino on edgegen int8, static", int8, static)]
@@ -261,6 +269,8 @@ def main() -> None:
     # -- per step ---------------------------------------------------------------------------
     rows = [("pytorch eager fp32", "torch", art), ("ort fp32", "edgegen", art),
             ("ort int8 (edgegen --int8)", "edgegen", int8)]
+    if outer_ok:
+        rows.append(("ort int8, outer convs float (int8:outer_convs=false)", "edgegen", int8_outer))
     if "int8 + deepcache" in optioned:
         rows.append(("ort int8, deepcache's shallow U-Net (a cached step)", "shallow", optioned["int8 + deepcache"]))
     rows += [(n, "edgegen", p) for n, p in compiled.items()]
@@ -292,9 +302,9 @@ def main() -> None:
                                                               / np.linalg.norm(base)), 4)
 
     # -- per image --------------------------------------------------------------------------
-    images = [("ort fp32", "edgegen", art), ("ort int8", "edgegen", int8)]
+    images = [] if args.per_step_only else [("ort fp32", "edgegen", art), ("ort int8", "edgegen", int8)]
     images += [(f"ort {n}", "edgegen", p) for n, p in optioned.items()]
-    if nncf_ok and "openvino default, static" in compiled:
+    if images and nncf_ok and "openvino default, static" in compiled:
         images.append((PEER, "peer", compiled["openvino default, static"]))
     pics = {}
     for name, kind, path in images:
@@ -338,10 +348,11 @@ def report(result: dict, args) -> str:
         gate = f"{g['psnr']:.1f} dB" if g else "-"
         lines.append(f"| {name} ({e.get('precision') or e.get('backend', '?')}) | {e.get('seconds_per_step', 'failed')} | "
                      f"{e.get('ratio_vs_nncf', '-')} | {e.get('rel_err', '-')} | {gate} | {e['peak_rss_gb']} |")
-    lines += ["", f"Per image: {result['steps_per_image']} steps, guidance 7.5, {args.latent * 8} px, text encoder and "
-              "VAE included, components loaded and warmed first.", "",
-              "| variant | s/image | ratio_vs_nncf | text / U-Net / sampler / VAE s | PSNR vs ORT fp32 | SSIM | peak RSS GB |",
-              "|---|---|---|---|---|---|---|"]
+    if result["per_image"]:
+        lines += ["", f"Per image: {result['steps_per_image']} steps, guidance 7.5, {args.latent * 8} px, text encoder "
+                  "and VAE included, components loaded and warmed first.", "",
+                  "| variant | s/image | ratio_vs_nncf | text / U-Net / sampler / VAE s | PSNR vs ORT fp32 | SSIM "
+                  "| peak RSS GB |", "|---|---|---|---|---|---|---|"]
     for name, e in result["per_image"].items():
         st = e.get("stages", {})
         lines.append(f"| {name} | {e.get('seconds_per_image', 'failed')} | {e.get('ratio_vs_nncf', '-')} | "

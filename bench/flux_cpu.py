@@ -56,15 +56,23 @@ def block_check(art: Path, checkpoint: Path, seed: int) -> dict:
 
 
 def streamed_seed(art: Path) -> int:
+    """The seed of the random checkpoint the transformer was streamed from, read from the first
+    ancestor that recorded it; else what export/streamed.py uses for source seed 0 (0 + 100 + the
+    transformer's index among the streamable models). Parents are recorded as given (maybe relative
+    to where optimize ran, maybe deleted): looked up there and beside the artifact."""
     m = json.loads((art / "manifest.json").read_text())
     parent = m.get("parent", {}).get("path")
-    while parent:  # the streamed export (its checkpoint seed) is the first ancestor
-        pm = json.loads((Path(parent) / "manifest.json").read_text())
+    while parent:
+        where = next((p for p in (Path(parent), art.parent / Path(parent).name) if (p / "manifest.json").is_file()),
+                     None)
+        if where is None:
+            break
+        pm = json.loads((where / "manifest.json").read_text())
         ck = pm["components"]["transformer"].get("validation", {}).get("streamed", {}).get("checkpoint", {})
         if "seed" in ck:
             return int(ck["seed"])
         parent = pm.get("parent", {}).get("path")
-    return 102  # export/streamed.py: source seed 0 + 100 + the transformer's index among the streamable models
+    return 102
 
 
 def main() -> None:
