@@ -374,6 +374,9 @@ def child_validate(args) -> dict:
                     row["rel_err"] = float(np.linalg.norm(d - r) / np.linalg.norm(r))
                     row["cosine"] = float(d @ r / (np.linalg.norm(d) * np.linalg.norm(r)))
                     row["rel_err_limit"] = limit
+                    if key in cut_feeds:  # a residual stream: the error against the block's own update,
+                        upd = r - cut_feeds[key].astype(np.float64).ravel()  # which the residual input hides
+                        row["rel_err_of_update"] = float(np.linalg.norm(d - r) / np.linalg.norm(upd))
                     ok = bool(np.isfinite(d).all()) and row["rel_err"] <= limit
                 if got16:
                     g = got16[key].astype(np.float32)

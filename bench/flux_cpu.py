@@ -75,6 +75,19 @@ def streamed_seed(art: Path) -> int:
     return 102
 
 
+def _generate(art: Path, args, tmp: Path) -> dict:
+    cfg = {"name": "sequential", "artifact": str(art), "memory": "sequential", "options": {}, "steps": args.steps,
+           "height": args.size, "width": args.size, "prompt": PROMPT, "image_out": str(tmp / "image.npy")}
+    print("generating ...", file=sys.stderr, flush=True)
+    run = _run_child(cfg, tmp)
+    if "error" not in run:
+        img = np.load(cfg["image_out"]).astype(np.float32)
+        run["image"] = {"shape": list(img.shape), "finite": bool(np.isfinite(img).all()),
+                        "std": round(float(img.std()), 3), "mean": round(float(img.mean()), 3)}
+    print(json.dumps({k: v for k, v in run.items() if k != "timeline"}), file=sys.stderr, flush=True)
+    return run
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("artifact", type=Path, help="the CPU artifact (int4 transformer, int8-weights T5, fp32 compute)")
@@ -83,6 +96,8 @@ def main() -> None:
     ap.add_argument("--checkpoint", type=Path, help="the transformer's random checkpoint (default: a temporary "
                     "file beside the artifact, written from the export's seed and deleted after)")
     ap.add_argument("--skip-blocks", action="store_true")
+    ap.add_argument("--reuse-run", action="store_true", help="take the image run from the existing --record JSON "
+                    "(same artifact) and only check the blocks")
     ap.add_argument("--record", help="write bench/results/<RECORD>.json and .md")
     args = ap.parse_args()
     art = args.artifact
@@ -94,18 +109,17 @@ def main() -> None:
                               "params": c["params"], "bytes": sum(f["bytes"] for f in c["files"].values())}
                           for k, c in m["components"].items()},
            "passes": [{k: p.get(k) for k in ("name", "config", "components", "seconds")} for p in m["passes"]]}
-    with tempfile.TemporaryDirectory(prefix="edgegen-flux-") as tmp:
-        tmp = Path(tmp)
-        cfg = {"name": "sequential", "artifact": str(art), "memory": "sequential", "options": {}, "steps": args.steps,
-               "height": args.size, "width": args.size, "prompt": PROMPT, "image_out": str(tmp / "image.npy")}
-        print("generating ...", file=sys.stderr, flush=True)
-        run = _run_child(cfg, tmp)
-        if "error" not in run:
-            img = np.load(cfg["image_out"]).astype(np.float32)
-            run["image"] = {"shape": list(img.shape), "finite": bool(np.isfinite(img).all()),
-                            "std": round(float(img.std()), 3), "mean": round(float(img.mean()), 3)}
-        res["run"] = run
-        print(json.dumps({k: v for k, v in run.items() if k != "timeline"}), file=sys.stderr, flush=True)
+    prev = HERE / "results" / f"{args.record}.json" if args.record else None
+    if args.reuse_run:
+        if prev is None or not prev.is_file():
+            sys.exit("--reuse-run needs --record naming an existing record")
+        old = json.loads(prev.read_text())
+        if old["artifact"] != str(art) or "error" in old["run"]:
+            sys.exit(f"{prev} is not a finished run of {art}")
+        res.update(run=old["run"], run_command=old["command"], command=res["command"])
+    else:
+        with tempfile.TemporaryDirectory(prefix="edgegen-flux-") as tmp:
+            res["run"] = _generate(art, args, Path(tmp))
     if not args.skip_blocks:
         ck = args.checkpoint or art.parent / f".{art.name}.transformer-check.safetensors"
         print("per-block check ...", file=sys.stderr, flush=True)
@@ -122,7 +136,8 @@ def main() -> None:
 def render(r: dict) -> str:
     mc, run = r["machine"], r["run"]
     lines = [f"# FLUX.1-schnell, full size, end to end on the CPU: {r['artifact']}", "",
-             f"Command: `{r['command']}`", "",
+             f"Command: `{r['command']}`" + (f" (the image run: `{r['run_command']}`, same artifact)"
+                                             if r.get("run_command") else ""), "",
              f"Machine: {mc['cpu']}, {mc['cores']} cores, {mc['ram_gb']} GB RAM, CPU flags "
              f"{' '.join(r['cpu_flags']) or 'none'}; {mc['date']}. "
              + ", ".join(f"{k} {v}" for k, v in mc["versions"].items()) + ".",
@@ -150,12 +165,17 @@ def render(r: dict) -> str:
             lines += [f"`{b['command']}`. Rule: {v['rule']['lifted']}. Each block is cut out of the artifact's "
                       "graph; its inputs are the residual streams entering it (random N(0,1)) and the graph inputs. "
                       f"Passed: **{v['passed']}** ({v['wall_seconds']} s, peak RSS {v['peak_rss_gb']} GB).", "",
-                      "| block | output | sizes | rel. error | cosine | limit | passed |", "|---|---|---|---|---|---|---|"]
+                      "A block's output is its residual input plus its update; the error against the update alone "
+                      "(where the input is a fed stream) says what int4 costs the block itself.", "",
+                      "| block | output | sizes | rel. error | rel. error of the update | cosine | limit | passed |",
+                      "|---|---|---|---|---|---|---|---|"]
             for blk in v["blocks"]:
                 for c in blk["checks"]:
                     s = " ".join(f"{k}{n}" for k, n in c["sizes"].items())
+                    upd = c.get("rel_err_of_update")
                     lines.append(f"| {blk['block']} | {c['output']} | {s} | {c.get('rel_err', float('nan')):.4f} | "
-                                 f"{c.get('cosine', float('nan')):.5f} | {c.get('rel_err_limit')} | {c['passed']} |")
+                                 f"{'-' if upd is None else f'{upd:.4f}'} | {c.get('cosine', float('nan')):.5f} | "
+                                 f"{c.get('rel_err_limit')} | {c['passed']} |")
     return "\n".join(lines) + "\n"
 
 

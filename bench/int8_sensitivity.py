@@ -113,17 +113,23 @@ def main() -> None:
             y, dt = run(tmp / "model.onnx")
             res["rows"].append({"group": name, "nodes": k, "rel_err": round(rel(y), 4), "seconds": round(dt, 1)})
             print(json.dumps(res["rows"][-1]), file=sys.stderr, flush=True)
-    lines = [f"# int8 sensitivity of the U-Net, by layer group: {args.int8}", "", f"Command: `{res['command']}`", "",
-             f"Machine: {res['machine']['cpu']}, {res['machine']['cores']} cores; {res['machine']['date']}. "
-             f"{len(quantized)} quantized nodes; int8 pass: {json.dumps(res['int8_pass'] and res['int8_pass']['config'])}.",
-             "", __doc__.split("\n\n")[1].replace("\n", " "), "",
-             "| float activations for | nodes | U-Net rel. error vs fp32 |", "|---|---|---|"]
-    lines += [f"| {r['group']} | {r['nodes']} | {r['rel_err']} |" for r in res["rows"]]
-    text = "\n".join(lines) + "\n"
+    res["int8"] = str(args.int8)
+    text = render(res)
     print(text)
     if args.record:
         (HERE / "results" / f"{args.record}.json").write_text(json.dumps(res, indent=1) + "\n")
         (HERE / "results" / f"{args.record}.md").write_text(text)
+
+
+def render(res: dict) -> str:
+    lines = [f"# int8 sensitivity of the U-Net, by layer group: {res['int8']}", "", f"Command: `{res['command']}`", "",
+             f"Machine: {res['machine']['cpu']}, {res['machine']['cores']} cores; {res['machine']['date']}. "
+             f"{res['quantized_nodes']} quantized nodes; int8 pass: "
+             f"{json.dumps(res['int8_pass'] and res['int8_pass']['config'])}.",
+             "", __doc__.split("\n\n")[2].replace("\n", " "), "",
+             "| float activations for | nodes | U-Net rel. error vs fp32 |", "|---|---|---|"]
+    lines += [f"| {r['group']} | {r['nodes']} | {r['rel_err']} |" for r in res["rows"]]
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":
