@@ -101,8 +101,8 @@ def export(family_name: str, source: Source, out: str | Path, force: bool = Fals
     # A pipeline loaded here is this function's own: each component's weights are released once it
     # is exported and validated (a caller's pipeline is left as it was given).
     own = pipe is None
-    pipe = pipe if pipe is not None else load_pipeline(
-        family, source, preset={n: S.meta_model(family, source, n) for n in streams})
+    preset = {"preset": {n: S.meta_model(family, source, n) for n in streams}} if streams else {}
+    pipe = pipe if pipe is not None else load_pipeline(family, source, **preset)
     arch = get_arch(family.arch)
     resolution = export_resolution(family.tiny_resolution if source.tiny else family.resolution,
                                    arch.size_limits(pipe), sizes)

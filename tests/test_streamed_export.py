@@ -119,3 +119,21 @@ def test_auto_choice_streams_only_models_of_a_billion_parameters():
     assert choose(get_family("flux-schnell"), Source("random"), StreamRequest()) == ["text_encoder_2", "transformer"]
     assert choose(get_family("sd15"), Source("random"), StreamRequest()) == []
     assert choose(get_family("flux-schnell"), Source("tiny"), StreamRequest()) == []
+
+
+def test_stream_cli_errors(tmp_path):
+    from helpers import assert_user_error, run_cli
+
+    assert_user_error(run_cli("export", "flux-schnell", "--tiny", "--stream", "--int8", "--out", tmp_path / "a"),
+                      "--stream exports only", "edgegen optimize")
+    assert_user_error(run_cli("export", "flux-schnell", "--tiny", "--stream-components", "vae", "--out", tmp_path / "b"),
+                      "--stream vae: flux-schnell streams only")
+    assert not list(tmp_path.iterdir())
+
+
+def test_generate_refuses_bfloat16_on_cpu_in_one_line(streamed, tmp_path):
+    from helpers import assert_user_error, run_cli
+
+    assert_user_error(run_cli("generate", streamed, "a red circle", "--out", tmp_path / "x.png"),
+                      "text_encoder_2 computes in bfloat16", "--pass int4:compute=float32")
+    assert not (tmp_path / "x.png").exists()
