@@ -137,3 +137,22 @@ def test_generate_refuses_bfloat16_on_cpu_in_one_line(streamed, tmp_path):
     assert_user_error(run_cli("generate", streamed, "a red circle", "--out", tmp_path / "x.png"),
                       "text_encoder_2 computes in bfloat16", "--pass int4:compute=float32")
     assert not (tmp_path / "x.png").exists()
+
+
+def test_stream_from_a_diffusers_folder(tmp_path):
+    """A user's folder: each streamed component reads its own subfolder's safetensors (diffusers'
+    and transformers' file names, T5's tied embedding saved once), nothing else is loaded whole."""
+    from edgegen.export.families import get_family
+    from edgegen.export.weights import build_random
+
+    folder = tmp_path / "flux-folder"
+    build_random(get_family("flux-schnell"), tiny=True, seed=4).save_pretrained(str(folder), safe_serialization=True)
+    out = export("flux-schnell", Source("folder", str(folder)), tmp_path / "art",
+                 stream=StreamRequest("float32", STREAMED))
+    m = manifest(out)
+    for name in STREAMED:
+        c = m["components"][name]
+        assert c["exporter"] == "streaming" and c["validation"]["passed"]
+        assert c["validation"]["graph"] == "as written"
+        assert c["validation"]["streamed"]["checkpoint"] == {"path": str(folder / name)}
+    assert not [p for p in tmp_path.iterdir() if ".weights-" in p.name]
