@@ -370,9 +370,10 @@ def child_validate(args) -> dict:
                 row["lifted_tolerance"] = FP32_ATOL + FP32_RTOL * scale
                 ok = row["lifted_fp32_vs_torch_fp32"] <= row["lifted_tolerance"] and np.isfinite(got32[key]).all()
                 if limit is not None:
+                    from edgegen.optimize.gate import cosine, rel_err
+
                     d, r = got32[key].astype(np.float64).ravel(), r32.astype(np.float64).ravel()
-                    row["rel_err"] = float(np.linalg.norm(d - r) / np.linalg.norm(r))
-                    row["cosine"] = float(d @ r / (np.linalg.norm(d) * np.linalg.norm(r)))
+                    row["rel_err"], row["cosine"] = rel_err(r, d), cosine(r, d)
                     row["rel_err_limit"] = limit
                     if key in cut_feeds:  # a residual stream: the error against the block's own update,
                         upd = r - cut_feeds[key].astype(np.float64).ravel()  # which the residual input hides

@@ -57,8 +57,7 @@ def block_check(art: Path, checkpoint: Path, seed: int) -> dict:
 
 def streamed_seed(art: Path) -> int:
     """The seed of the random checkpoint the transformer was streamed from, read from the first
-    ancestor that recorded it; else what export/streamed.py uses for source seed 0 (0 + 100 + the
-    transformer's index among the streamable models). Parents are recorded as given (maybe relative
+    ancestor that recorded it; else export/streamed.py's rule for the artifact's source seed. Parents are recorded as given (maybe relative
     to where optimize ran, maybe deleted): looked up there and beside the artifact."""
     m = json.loads((art / "manifest.json").read_text())
     parent = m.get("parent", {}).get("path")
@@ -72,7 +71,10 @@ def streamed_seed(art: Path) -> int:
         if "seed" in ck:
             return int(ck["seed"])
         parent = pm.get("parent", {}).get("path")
-    return 102
+    from edgegen.export.families import get_family
+    from edgegen.export.streamed import checkpoint_seed
+
+    return checkpoint_seed(get_family(m["family"]), "transformer", int(m["source"].get("seed") or 0))
 
 
 def _generate(art: Path, args, tmp: Path) -> dict:

@@ -66,6 +66,7 @@ def main() -> None:
     import onnx
     import onnxruntime as ort
 
+    from edgegen.optimize.gate import rel_err
     from edgegen.runtimes.artifact import load_artifact
 
     f = feeds(args.fp32, args.latent)
@@ -87,7 +88,7 @@ def main() -> None:
     res = {"command": "python bench/int8_sensitivity.py " + " ".join(sys.argv[1:]), "machine": describe(),
            "quantized_nodes": len(quantized), "int8_pass": next((p for p in reversed(load_artifact(
                args.int8, verify=False).manifest["passes"]) if p["name"] == "int8"), None), "rows": []}
-    rel = lambda y: float(np.linalg.norm(y - ref) / np.linalg.norm(ref))  # noqa: E731
+    rel = lambda y: rel_err(ref, y)  # noqa: E731
     y, dt = run(int8_graph)
     res["rows"].append({"group": "none (all int8)", "nodes": 0, "rel_err": round(rel(y), 4), "seconds": round(dt, 1)})
     print(json.dumps(res["rows"][-1]), file=sys.stderr, flush=True)

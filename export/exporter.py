@@ -124,8 +124,7 @@ def export(family_name: str, source: Source, out: str | Path, force: bool = Fals
                 try:
                     ckpt, weights = S.checkpoint(family, source, comp.name, comp.module.model, scratch, stream.dtype,
                                                  source.seed)
-                    files, validation = S.export_streamed(family, comp, ckpt, tmp / comp.name, stream.dtype, say)
-                    validation["streamed"]["checkpoint"] = weights
+                    files, validation = S.export_streamed(comp, ckpt, weights, tmp / comp.name, stream.dtype, say)
                 finally:
                     if scratch is not None:
                         S.remove(scratch / f"{comp.name}.safetensors")

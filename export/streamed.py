@@ -101,6 +101,11 @@ def choose(family: Family, source: Source, req: StreamRequest) -> list[str]:
     return [n for n in known if sizes[n] >= STREAM_MIN_PARAMS]
 
 
+def checkpoint_seed(family: Family, name: str, seed: int) -> int:
+    """The seed of a streamed component's random checkpoint, for source seed `seed`."""
+    return seed + 100 + sorted(_models(family)).index(name)
+
+
 def checkpoint(family: Family, source: Source, name: str, model, scratch: Path, dtype: str,
                seed: int) -> tuple[Path, dict]:
     """Where the component's weights are read from, and what they are; random ones are written
@@ -112,12 +117,13 @@ def checkpoint(family: Family, source: Source, name: str, model, scratch: Path, 
 
     path = scratch / f"{name}.safetensors"
     info = make_random_checkpoint(type(model), model.config, path, "bfloat16" if dtype == "bfloat16" else "float32",
-                                  seed=seed + 100 + sorted(_models(family)).index(name))
+                                  seed=checkpoint_seed(family, name, seed))
     return path, {k: v for k, v in info.items() if k != "path"}
 
 
-def export_streamed(family: Family, comp, ckpt: Path, folder: Path, dtype: str, say) -> tuple[list[str], dict]:
-    """Stream `comp` (its module wraps a meta model) into folder/model.onnx; (files, validation)."""
+def export_streamed(comp, ckpt: Path, weights: dict, folder: Path, dtype: str, say) -> tuple[list[str], dict]:
+    """Stream `comp` (its module wraps a meta model) into folder/model.onnx from checkpoint `ckpt`
+    (described by `weights`, as `checkpoint` returns them); (files, validation)."""
     from .streaming import CastFn, stream_export
 
     model, fn = comp.module.model, comp.module._fn
@@ -129,11 +135,12 @@ def export_streamed(family: Family, comp, ckpt: Path, folder: Path, dtype: str, 
                              f"graph, and onnxruntime's CPU EP has no {dtype} MatMul; bench/export_big.py checks "
                              f"single blocks"}
     else:
-        validation = validate_lifted(comp, fn, ckpt, folder / "model.onnx", dtype)
-    return rep.files, {**validation, "streamed": {k: v for k, v in rep.to_dict().items() if k != "files"}}
+        validation = validate_lifted(comp, ckpt, folder / "model.onnx", dtype)
+    streamed = {k: v for k, v in rep.to_dict().items() if k != "files"}
+    return rep.files, {**validation, "streamed": {**streamed, "checkpoint": weights}}
 
 
-def validate_lifted(comp, fn, ckpt: Path, graph: Path, dtype: str) -> dict:
+def validate_lifted(comp, ckpt: Path, graph: Path, dtype: str) -> dict:
     """The graph (lifted to fp32 when it computes in bf16/fp16) against PyTorch fp32 with the
     checkpoint's weights, at the regular exporter's tolerances."""
     import torch
@@ -150,7 +157,7 @@ def validate_lifted(comp, fn, ckpt: Path, graph: Path, dtype: str) -> dict:
             if name not in ck:
                 raise EdgegenError(f"{ckpt}: no tensor {name!r} for {comp.name}")
             p.copy_(ck.get(name).to(torch.float32))
-    ref = Component(comp.name, TupleOut(real, fn).eval(), comp.io, comp.params)
+    ref = Component(comp.name, TupleOut(real, comp.module._fn).eval(), comp.io, comp.params)
     with tempfile.TemporaryDirectory() as tmp:
         lifted = graph if dtype == "float32" else upcast_to_float32(graph, Path(tmp) / "model.onnx")
         result = validate_component(ref, lifted)

@@ -83,10 +83,12 @@ class CastIO(nn.Module):
         self._dtype = dtype
 
     def forward(self, *args):
-        kw = {n: a.to(self._dtype) if a.is_floating_point() else a for n, a in zip(self._names, args)}
-        out = self.model(**kw, return_dict=False)
+        out = self._call(*(a.to(self._dtype) if a.is_floating_point() else a for a in args))
         out = out if isinstance(out, (tuple, list)) else (out,)
         return tuple(o.to(d) for o, d in zip(out, self._out))
+
+    def _call(self, *args):
+        return self.model(**dict(zip(self._names, args)), return_dict=False)
 
 
 class CastFn(CastIO):
@@ -97,9 +99,8 @@ class CastFn(CastIO):
         super().__init__(model, io, dtype)
         self._fn = fn
 
-    def forward(self, *args):
-        out = self._fn(self.model, *(a.to(self._dtype) if a.is_floating_point() else a for a in args))
-        return tuple(o.to(d) for o, d in zip(out, self._out))
+    def _call(self, *args):
+        return self._fn(self.model, *args)
 
 
 @contextmanager
