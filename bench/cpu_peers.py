@@ -19,7 +19,12 @@ Per step (the U-Net at batch 2 = CFG, 64x64 latent = 512 px, 77 tokens, t=500; b
 Per image (--steps, guidance 7.5, 512 px, one prompt, fixed latents; components loaded and
 warmed by a 2-step image first, then one timed generation; text encoder and VAE included):
 - edgegen ORT fp32 (the reference image) and ORT int8;
-- ORT int8 with each pipeline option (`optimize --pipeline-option`): cfg-cutoff, deepcache, both;
+- ORT int8 with each pipeline option (`optimize --pipeline-option`): cfg-cutoff, deepcache, both
+  (`--option-rows combined`: both alone); with `--tiny-vae`, int8 and int8 + both with the VAE
+  decoder swapped for a TAESD of seeded random weights (tiny-vae:weights=random, --no-gate): its
+  time is valid, its image is not comparable to the full decoder's (random weights), so those
+  rows carry no PSNR; the tiny VAE's quality comes from the trained edgegen-shapes model
+  (bench/shapes_adherence.py);
 - the peer: edgegen's static OpenVINO compile of the fp32 artifact (text encoder and VAE f32 on
   OpenVINO, reshaped static) with its U-Net replaced by the static NNCF int8 model, driven by
   the same sampler loop.
@@ -51,6 +56,7 @@ CALIB = ["--size", "256", "--steps", "4", "--calibration-prompts", "2", "--gate-
 OPTION_GATE = ["--size", "256", "--steps", "6", "--gate-prompts", "1"]
 PROMPT = "a photo of an astronaut riding a horse on the moon"
 PEER = "openvino + nncf int8, static (peer)"
+TINY_VAE = "tiny-vae:weights=random"
 
 
 def step_child(kind: str, path: str, art: Path, npy: Path, threads: int, repeats: int, latent: int) -> dict:
@@ -185,6 +191,10 @@ def main() -> None:
     ap.add_argument("--cfg-cutoff", type=float, default=0.4, help="CFG cutoff ratio")
     ap.add_argument("--no-compiled", action="store_true", help="skip the OpenVINO compiles of edgegen's graphs")
     ap.add_argument("--per-step-only", action="store_true", help="the per-step rows alone (no options, no images)")
+    ap.add_argument("--per-image-only", action="store_true", help="the per-image rows alone (and what they need)")
+    ap.add_argument("--option-rows", choices=("all", "combined"), default="all",
+                    help="per-image option rows: each option alone and both, or both only")
+    ap.add_argument("--tiny-vae", action="store_true", help="add per-image rows with a TAESD decoder (random weights)")
     ap.add_argument("--record", help="write JSON + Markdown under bench/results/ with this name")
     ap.add_argument("--work", help="keep prepared artifacts in this folder (default: a temporary one, removed)")
     ap.add_argument("--step-child", nargs=3, metavar=("KIND", "PATH", "NPY"), help=argparse.SUPPRESS)
@@ -230,17 +240,23 @@ def main() -> None:
                               *CALIB], int8)
     # The int8 recipe with the U-Net's full-resolution resnet convs float (bench/int8_sensitivity.py).
     int8_outer = work / "int8-outer-float"
-    outer_ok = prepare("optimize int8:outer_convs=false", ["edgegen", "optimize", str(art), "--pass",
+    outer_ok = not args.per_image_only and prepare("optimize int8:outer_convs=false", ["edgegen", "optimize", str(art), "--pass",
                                                             "int8:outer_convs=false", "--components", "unet", "--out",
                                                             str(int8_outer), *CALIB], int8_outer)[0]
     dc, cc = f"deepcache:interval={args.deepcache}", f"cfg-cutoff:ratio={args.cfg_cutoff}"
     opts = {} if args.per_step_only else {
         "int8 + cfg-cutoff": [cc], "int8 + deepcache": [dc], "int8 + deepcache + cfg-cutoff": [dc, cc]}
+    if args.option_rows == "combined":
+        opts.pop("int8 + cfg-cutoff", None), opts.pop("int8 + deepcache", None)
+    if args.tiny_vae and not args.per_step_only:
+        opts.update({"int8 + tiny-vae": [TINY_VAE], "int8 + deepcache + cfg-cutoff + tiny-vae": [dc, cc, TINY_VAE]})
     optioned = {}
     for name, specs in opts.items():
-        out = work / name.replace(" + ", "-")
+        out = work / f"{name.replace(' + ', '-')}-dc{args.deepcache}-cc{args.cfg_cutoff}"
+        # A random-weight TAESD can't pass a gate against the full decoder: its time is what counts.
+        gate = ["--no-gate", "--steps", "2"] if TINY_VAE in specs else OPTION_GATE
         cmd = ["edgegen", "optimize", str(int8), *[a for s in specs for a in ("--pipeline-option", s)],
-               "--out", str(out), *OPTION_GATE]
+               "--out", str(out), *gate]
         if prepare(f"optimize {name}", cmd, out)[0]:
             optioned[name] = out
     px = str(args.latent * 8)
@@ -267,14 +283,14 @@ def main() -> None:
             result["prepare"]["nncf int8"].update(json.loads(text.strip().splitlines()[-1]))
 
     # -- per step ---------------------------------------------------------------------------
-    rows = [("pytorch eager fp32", "torch", art), ("ort fp32", "edgegen", art),
+    rows = [] if args.per_image_only else [("pytorch eager fp32", "torch", art), ("ort fp32", "edgegen", art),
             ("ort int8 (edgegen --int8)", "edgegen", int8)]
-    if outer_ok:
+    if outer_ok and not args.per_image_only:
         rows.append(("ort int8, outer convs float (int8:outer_convs=false)", "edgegen", int8_outer))
-    if "int8 + deepcache" in optioned:
+    if "int8 + deepcache" in optioned and not args.per_image_only:
         rows.append(("ort int8, deepcache's shallow U-Net (a cached step)", "shallow", optioned["int8 + deepcache"]))
-    rows += [(n, "edgegen", p) for n, p in compiled.items()]
-    if nncf_ok:
+    rows += [] if args.per_image_only else [(n, "edgegen", p) for n, p in compiled.items()]
+    if nncf_ok and not args.per_image_only:
         rows += [("openvino + nncf int8 (peer)", "nncf", nncf_xml), (PEER, "nncf-static", nncf_xml)]
     me = [sys.executable, __file__, "--threads", str(args.threads), "--repeats", str(args.repeats), "--artifact",
           str(art), "--latent", str(args.latent), "--steps", str(args.steps)]
@@ -320,7 +336,10 @@ def main() -> None:
 
     ref_img = pics.get("ort fp32")
     for name, img in pics.items():
-        if ref_img is not None:
+        if ref_img is not None and "tiny-vae" in name:
+            result["per_image"][name]["quality"] = ("random-weight TAESD decoder: image not comparable with the full "
+                                                    "decoder's; see the trained edgegen-shapes model")
+        elif ref_img is not None:
             result["per_image"][name].update(psnr=round(psnr(ref_img, img), 2), ssim=round(ssim(ref_img, img), 4))
     for table in ("per_step", "per_image"):
         key = "seconds_per_step" if table == "per_step" else "seconds_per_image"
@@ -358,6 +377,8 @@ def report(result: dict, args) -> str:
         lines.append(f"| {name} | {e.get('seconds_per_image', 'failed')} | {e.get('ratio_vs_nncf', '-')} | "
                      f"{st.get('text', '-')} / {st.get('denoiser', '-')} / {st.get('sampler', '-')} / {st.get('vae', '-')} | "
                      f"{e.get('psnr', '-')} | {e.get('ssim', '-')} | {e['peak_rss_gb']} |")
+    notes = sorted({e["quality"] for e in result["per_image"].values() if "quality" in e})
+    lines += [f"Rows with tiny-vae: {n}." for n in notes]
     lines += ["", f"CPU flags: {' '.join(result['cpu_flags'])}. Threads: {result['threads']}. Weights are seeded random "
               "(real architecture): time and memory do not depend on weight values; errors and PSNR compare variants "
               "on the same random weights, weak evidence for a trained checkpoint's quality.",

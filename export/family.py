@@ -63,6 +63,10 @@ class Family:
     exporter: str = "torchscript"   # see onnx_export.export_component
     extra: dict = field(default_factory=dict)
     shipped: str | None = None      # a diffusers folder under export/assets/ that ships with edgegen
+    # A TAESD (diffusers AutoencoderTiny) trained on this VAE's latent space, on the hub: what
+    # `--pipeline-option tiny-vae` loads unless given weights. A shipped family keeps its own in
+    # the `tiny_vae` subfolder of its folder.
+    tiny_vae: str | None = None
 
     def shipped_weights(self) -> str | None:
         """The packaged weights folder, used when the user names no weights."""
@@ -71,6 +75,15 @@ class Family:
         from pathlib import Path
 
         return str(Path(__file__).parent / "assets" / self.shipped)
+
+    def tiny_vae_source(self) -> str | None:
+        """The default tiny-VAE weights: the shipped folder's `tiny_vae`, else the hub id."""
+        from pathlib import Path
+
+        shipped = self.shipped_weights()
+        if shipped and (Path(shipped) / "tiny_vae").is_dir():
+            return str(Path(shipped) / "tiny_vae")
+        return self.tiny_vae
 
     # Read by profiles/catalog (planner) for the U-Net families.
     @property

@@ -148,7 +148,8 @@ def parse_pass_options(kw: dict, required: bool = True) -> dict | None:
 @pass_options
 @click.option("--pipeline-option", "pipeline_options", multiple=True, metavar="NAME[:K=V,...]",
               help="A gated change to how the pipeline runs: cfg-cutoff[:ratio=0.4], deepcache[:interval=3], "
-                   "vae-tiling[:tile=32,overlap=8]. Not combined with graph passes in one run.")
+                   "vae-tiling[:tile=32,overlap=8], tiny-vae[:weights=DIR|HUB_ID|random]. Not combined with graph "
+                   "passes in one run.")
 @click.option("--components", help="Comma-separated components (default: each pass's usual ones).")
 @click.option("--steps", type=int, help="Steps per trajectory (default: the family's).")
 @click.option("--size", type=int, help="Image side for trajectories (default: the family's).")

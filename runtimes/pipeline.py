@@ -85,8 +85,8 @@ class Pipeline:
     # diffusers' get_timesteps: the SD pipelines keep int(steps * strength) steps; the FLUX and SD3
     # ones skip int(steps - steps * strength).
     round_kept_steps_down = True
-    # The pipeline options (step_options.py) this kind's denoising loop implements; vae-tiling
-    # lives in the shared decode.
+    # The pipeline options (step_options.py) this kind's denoising loop implements; the decode's
+    # (step_options.DECODE_OPTIONS) are shared.
     loop_options: tuple[str, ...] = ()
 
     def __init__(self, artifact: Artifact, device: str | None = None, threads: int = 0, backend: str | None = None,
@@ -103,7 +103,7 @@ class Pipeline:
         self.recipe = artifact.manifest["pipeline"]
         self.options = step_options.read(artifact.manifest)
         for name in self.options:
-            if name != "vae-tiling" and name not in self.loop_options:
+            if name not in step_options.DECODE_OPTIONS and name not in self.loop_options:
                 raise EdgegenError(f"this artifact uses pipeline option {name}, which a {self.recipe['kind']} "
                                    "pipeline does not run")
         self.backend = resolve_backend(artifact, backend, device, precision, threads, backend_options)

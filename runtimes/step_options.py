@@ -13,6 +13,8 @@ so an artifact computes the images its gate measured.
   the last up block) on that cached feature (Ma et al., DeepCache, CVPR 2024).
 - vae-tiling: the VAE decodes overlapping latent tiles, blended linearly across each overlap, so
   the decoder's activations are those of one tile (the idea of diffusers' enable_vae_tiling).
+- tiny-vae: the artifact's VAE decoder graph is a TAESD tiny VAE with the same inputs and outputs
+  (optimize/steps/tiny_vae.py writes it); the runtime runs it as it ran the full decoder.
 """
 from __future__ import annotations
 
@@ -24,7 +26,9 @@ from .errors import EdgegenError
 
 KEY = "pipeline_options"
 # name -> the version this runtime implements
-KNOWN = {"cfg-cutoff": 1, "deepcache": 1, "vae-tiling": 1}
+KNOWN = {"cfg-cutoff": 1, "deepcache": 1, "tiny-vae": 1, "vae-tiling": 1}
+# Options of the decode, which every pipeline kind shares (the others live in a kind's loop).
+DECODE_OPTIONS = ("tiny-vae", "vae-tiling")
 DEEP_FEATURE = "deep_feature"   # the U-Net output the cache holds, and the shallow graph's input
 
 

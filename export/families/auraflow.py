@@ -42,6 +42,7 @@ FAMILY = Family(
                                   tokenizer_kind="t5", max_length=256, attention_mask=True),),
     denoiser=ModelDef("transformer", "AuraFlowTransformer2DModel", TRANSFORMER, TRANSFORMER_TINY),
     vae=ModelDef("vae", "AutoencoderKL", SDXL_VAE, VAE_TINY),
+    tiny_vae="madebyollin/taesdxl",
     scheduler={"_class_name": "FlowMatchEulerDiscreteScheduler", "num_train_timesteps": 1000, "shift": 1.73},
     sampler="flow_euler", steps=50, guidance=3.5,
     resolution=(512, 1024, 1536),

@@ -17,6 +17,7 @@ FAMILY = Family(
     ),
     denoiser=ModelDef("transformer", "FluxTransformer2DModel", FLUX_TRANSFORMER, FLUX_TRANSFORMER_TINY),
     vae=ModelDef("vae", "AutoencoderKL", FLUX_VAE, FLUX_VAE_TINY),
+    tiny_vae="madebyollin/taef1",
     scheduler={"_class_name": "FlowMatchEulerDiscreteScheduler", "base_image_seq_len": 256, "base_shift": 0.5,
                "max_image_seq_len": 4096, "max_shift": 1.15, "num_train_timesteps": 1000, "shift": 1.0,
                "use_dynamic_shifting": False},

@@ -10,6 +10,7 @@ FAMILY = Family(
     text_encoders=(TextEncoderDef("text_encoder", "tokenizer", "CLIPTextModel", CLIP_L, CLIP_TINY, "<|endoftext|>"),),
     denoiser=ModelDef("unet", "UNet2DConditionModel", {**SD15_UNET, "time_cond_proj_dim": 256}, {**UNET_TINY, "time_cond_proj_dim": 32}),
     vae=ModelDef("vae", "AutoencoderKL", SD_VAE, VAE_TINY),
+    tiny_vae="madebyollin/taesd",
     scheduler={
         "_class_name": "LCMScheduler", "beta_end": 0.012, "beta_schedule": "scaled_linear", "beta_start": 0.00085,
         "clip_sample": False, "clip_sample_range": 1.0, "num_train_timesteps": 1000, "original_inference_steps": 50,

@@ -9,6 +9,7 @@ FAMILY = Family(
     text_encoders=(TextEncoderDef("text_encoder", "tokenizer", "CLIPTextModel", CLIP_L, CLIP_TINY, "<|endoftext|>"),),
     denoiser=ModelDef("unet", "UNet2DConditionModel", SD15_UNET, UNET_TINY),
     vae=ModelDef("vae", "AutoencoderKL", SD_VAE, VAE_TINY),
+    tiny_vae="madebyollin/taesd",
     scheduler=SD_SCHEDULER, sampler="euler", steps=25, guidance=7.5,
     resolution=(256, 512, 1024),
 )

@@ -10,6 +10,7 @@ FAMILY = Family(
     text_encoders=TEXT_ENCODERS,
     denoiser=ModelDef("transformer", "SD3Transformer2DModel", SD35_MEDIUM_TRANSFORMER, SD35_TRANSFORMER_TINY),
     vae=ModelDef("vae", "AutoencoderKL", SD3_VAE, SD3_VAE_TINY),
+    tiny_vae="madebyollin/taesd3",
     scheduler=SD3_SCHEDULER, sampler="flow_euler", steps=40, guidance=4.5,
     resolution=(512, 1024, 1536),
     arch="sd3",

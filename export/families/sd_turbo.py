@@ -10,6 +10,7 @@ FAMILY = Family(
     text_encoders=(TextEncoderDef("text_encoder", "tokenizer", "CLIPTextModel", OPENCLIP_H, CLIP_TINY_GELU, "!"),),
     denoiser=ModelDef("unet", "UNet2DConditionModel", SD2_UNET, UNET_TINY_SD2),
     vae=ModelDef("vae", "AutoencoderKL", SD_VAE, VAE_TINY),
+    tiny_vae="madebyollin/taesd",
     scheduler={**SD_SCHEDULER, "_class_name": "EulerDiscreteScheduler", "prediction_type": "epsilon",
                "timestep_spacing": "trailing", "interpolation_type": "linear", "use_karras_sigmas": False},
     sampler="euler", steps=1, guidance=0.0,

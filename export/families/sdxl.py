@@ -35,6 +35,7 @@ FAMILY = Family(
     text_encoders=TEXT_ENCODERS,
     denoiser=ModelDef("unet", "UNet2DConditionModel", UNET, UNET_TINY_XL),
     vae=ModelDef("vae", "AutoencoderKL", SDXL_VAE, VAE_TINY),
+    tiny_vae="madebyollin/taesdxl",
     scheduler=SCHEDULER, sampler="euler", steps=30, guidance=5.0,
     resolution=(512, 1024, 1536),
     force_zeros_for_empty_prompt=True,

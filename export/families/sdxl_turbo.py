@@ -11,6 +11,7 @@ FAMILY = Family(
     text_encoders=TEXT_ENCODERS,
     denoiser=ModelDef("unet", "UNet2DConditionModel", UNET, UNET_TINY_XL),
     vae=ModelDef("vae", "AutoencoderKL", SDXL_VAE, VAE_TINY),
+    tiny_vae="madebyollin/taesdxl",
     scheduler={**SCHEDULER, "_class_name": "EulerAncestralDiscreteScheduler", "timestep_spacing": "trailing"},
     sampler="euler_a", steps=1, guidance=0.0,
     resolution=(256, 512, 1024),

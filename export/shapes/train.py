@@ -44,6 +44,17 @@ def _to_tensor(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
 
 
+def _reconstruction(y: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return F.l1_loss(y, target) + F.mse_loss(y, target)
+
+
+def _update(opt, sched, loss: torch.Tensor) -> None:
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    sched.step()
+
+
 def train_vae(images: torch.Tensor, steps: int, batch: int, seed: int, t0: float, lr: float,
               resume: Path | None, device: str):
     from diffusers import AutoencoderKL
@@ -59,12 +70,8 @@ def train_vae(images: torch.Tensor, steps: int, batch: int, seed: int, t0: float
         x = images[torch.randint(len(images), (batch,), generator=g)].to(device)
         post = vae.encode(x).latent_dist
         y = vae.decode(post.sample(generator=g)).sample
-        rec = F.l1_loss(y, x) + F.mse_loss(y, x)
-        loss = rec + 1e-6 * post.kl().mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
+        rec = _reconstruction(y, x)
+        _update(opt, sched, rec + 1e-6 * post.kl().mean())
         if step % 50 == 0 or step == steps - 1:
             _log(t0, f"vae {step}/{steps}: reconstruction {rec.item():.4f}")
     return vae.cpu().eval(), float(rec.item())
@@ -73,6 +80,45 @@ def train_vae(images: torch.Tensor, steps: int, batch: int, seed: int, t0: float
 @torch.no_grad()
 def encode_all(vae, images: torch.Tensor, batch: int = 256) -> torch.Tensor:
     return torch.cat([vae.encode(images[i:i + batch]).latent_dist.mean for i in range(0, len(images), batch)])
+
+
+TINY_VAE_WIDTH = 32   # a third of the shipped decoder's parameters (122K against 385K)
+
+
+def train_tiny_vae(vae, images: torch.Tensor, steps: int, batch: int, seed: int, t0: float, lr: float, device: str):
+    """Distil a TAESD (diffusers' AutoencoderTiny) from the trained VAE, as TAESD was distilled
+    from SD's: the decoder learns the full decoder's image for the same U-Net-space latents (the
+    gate compares it with that image, not the training picture), the encoder the full encoder's
+    latents. The teacher's latents and images are computed once (its posterior is nearly a point:
+    the VAE was trained with a 1e-6 KL weight); no adversarial term."""
+    from diffusers import AutoencoderTiny
+
+    from ..tiny_vae import taesd_config
+
+    torch.manual_seed(seed + 2)
+    sf = vae.config.scaling_factor
+    cfg = taesd_config(vae.config.latent_channels, 2 ** (len(vae.config.block_out_channels) - 1), False,
+                       TINY_VAE_WIDTH)
+    tiny = AutoencoderTiny(**cfg).to(device).train()
+    vae = vae.to(device).eval()
+    with torch.no_grad():
+        latents = encode_all(vae, images.to(device)) * sf
+        teacher = torch.cat([vae.decode(latents[i:i + 256] / sf).sample.clamp(-1, 1)
+                             for i in range(0, len(latents), 256)])
+    _log(t0, f"teacher latents and images for {len(images)} images")
+    opt = torch.optim.AdamW(tiny.parameters(), lr=lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=steps, pct_start=0.05)
+    g = torch.Generator().manual_seed(seed + 2)
+    dec = enc = None
+    for step in range(steps):
+        idx = torch.randint(len(images), (batch,), generator=g).to(device)
+        y = tiny.decode(latents[idx]).sample
+        dec = _reconstruction(y, teacher[idx])
+        enc = F.mse_loss(tiny.encode(images[idx].to(device)).latents, latents[idx])
+        _update(opt, sched, dec + enc)
+        if step % 250 == 0 or step == steps - 1:
+            _log(t0, f"tiny vae {step}/{steps}: decoder {dec.item():.4f}, encoder {enc.item():.4f}")
+    return tiny.cpu().eval(), float(dec.item()), float(enc.item())
 
 
 def tokenize(tokenizer, captions: list[str]) -> torch.Tensor:
@@ -152,8 +198,11 @@ def main(argv=None) -> int:
     ap.add_argument("--frozen-text", action="store_true", help="keep the text encoder at its (random or resumed) "
                     "weights: the frozen-vs-joint comparison")
     ap.add_argument("--device", default="cpu", help="torch device to train on (e.g. cuda on a lent GPU)")
-    ap.add_argument("--stage", choices=("vae", "unet", "all"), default="all",
-                    help="vae: train and save the VAE alone (to --out/vae); unet: reuse that VAE")
+    ap.add_argument("--stage", choices=("vae", "unet", "all", "tiny-vae"), default="all",
+                    help="vae: train and save the VAE alone (to --out/vae); unet: reuse that VAE; tiny-vae: distil "
+                         "a TAESD from --out's VAE into --out/tiny_vae (`--pipeline-option tiny-vae` ships it)")
+    ap.add_argument("--tiny-vae-steps", type=int, default=2500)
+    ap.add_argument("--tiny-vae-lr", type=float, default=2e-3)
     a = ap.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -168,13 +217,27 @@ def main(argv=None) -> int:
     t0 = time.time()
     a.out.mkdir(parents=True, exist_ok=True)
     record_path = a.out / "train.json"
-    keep = (a.stage == "unet" or a.resume) and record_path.exists()
+    keep = (a.stage in ("unet", "tiny-vae") or a.resume) and record_path.exists()
     record = json.loads(record_path.read_text()) if keep else {}
     record.setdefault("commands", []).append("python -m edgegen.export.shapes.train " + " ".join(argv or sys.argv[1:]))
-    record.update(seed=a.seed, images=a.images, torch_threads=torch.get_num_threads())
+    if a.stage != "tiny-vae":    # the pipeline's own run; a tiny-VAE run records these in its entry
+        record.update(seed=a.seed, images=a.images, torch_threads=torch.get_num_threads())
     images_np, captions, _ = data.dataset(a.images, a.seed)
     images = _to_tensor(images_np)
     _log(t0, f"{a.images} images rendered")
+    if a.stage == "tiny-vae":
+        vae = AutoencoderKL.from_pretrained(a.out / "vae", torch_dtype=torch.float32).eval()
+        tiny, dec, enc = train_tiny_vae(vae, images, a.tiny_vae_steps, a.batch, a.seed, t0, a.tiny_vae_lr, a.device)
+        tiny.to(torch.float16).save_pretrained(a.out / "tiny_vae", safe_serialization=True)
+        record.setdefault("tiny_vae_runs", []).append(dict(
+            steps=a.tiny_vae_steps, batch=a.batch, lr=a.tiny_vae_lr, seed=a.seed, images=a.images,
+            torch_threads=torch.get_num_threads(), seconds=round(time.time() - t0, 1),
+            final_decoder_l1_plus_mse=round(dec, 5), final_encoder_mse=round(enc, 5),
+            parameters={"decoder": sum(p.numel() for p in tiny.decoder.parameters()),
+                        "encoder": sum(p.numel() for p in tiny.encoder.parameters())}))
+        record_path.write_text(json.dumps(record, indent=1) + "\n")
+        _log(t0, f"wrote {a.out / 'tiny_vae'}")
+        return 0
     if a.stage == "unet":
         vae = AutoencoderKL.from_pretrained(a.out / "vae", torch_dtype=torch.float32).eval()
     else:

@@ -59,7 +59,7 @@ def register(cls):
 
 
 def get_option(name: str, **config) -> PipelineOption:
-    from . import cfg_cutoff, deepcache, vae_tiling  # noqa: F401  (register)
+    from . import cfg_cutoff, deepcache, tiny_vae, vae_tiling  # noqa: F401  (register)
 
     if name not in OPTIONS:
         raise EdgegenError(f"unknown pipeline option {name!r}; known: {', '.join(sorted(OPTIONS))}")
