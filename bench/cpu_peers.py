@@ -358,10 +358,10 @@ def main() -> None:
 
 
 def report(result: dict, args) -> str:
-    lines = [f"Per step: U-Net, batch 2 (CFG), {args.latent}x{args.latent} latent ({args.latent * 8} px), best of "
-             f"{args.repeats}.", "",
-             "| variant | s/step | ratio_vs_nncf | rel. error vs ORT fp32 | compile gate PSNR | peak RSS GB |",
-             "|---|---|---|---|---|---|"]
+    lines = [] if not result["per_step"] else [
+        f"Per step: U-Net, batch 2 (CFG), {args.latent}x{args.latent} latent ({args.latent * 8} px), best of "
+        f"{args.repeats}.", "", "| variant | s/step | ratio_vs_nncf | rel. error vs ORT fp32 | compile gate PSNR | "
+        "peak RSS GB |", "|---|---|---|---|---|---|"]
     for name, e in result["per_step"].items():
         g = e.get("compile_gate_end_to_end")
         gate = f"{g['psnr']:.1f} dB" if g else "-"
