@@ -250,6 +250,7 @@ def main() -> None:
         opts.pop("int8 + cfg-cutoff", None), opts.pop("int8 + deepcache", None)
     if args.tiny_vae and not args.per_step_only:
         opts.update({"int8 + tiny-vae": [TINY_VAE], "int8 + deepcache + cfg-cutoff + tiny-vae": [dc, cc, TINY_VAE]})
+    random_decoder = {name for name, specs in opts.items() if TINY_VAE in specs}   # images not comparable
     optioned = {}
     for name, specs in opts.items():
         out = work / f"{name.replace(' + ', '-')}-dc{args.deepcache}-cc{args.cfg_cutoff}"
@@ -283,15 +284,17 @@ def main() -> None:
             result["prepare"]["nncf int8"].update(json.loads(text.strip().splitlines()[-1]))
 
     # -- per step ---------------------------------------------------------------------------
-    rows = [] if args.per_image_only else [("pytorch eager fp32", "torch", art), ("ort fp32", "edgegen", art),
+    rows = [("pytorch eager fp32", "torch", art), ("ort fp32", "edgegen", art),
             ("ort int8 (edgegen --int8)", "edgegen", int8)]
-    if outer_ok and not args.per_image_only:
+    if outer_ok:
         rows.append(("ort int8, outer convs float (int8:outer_convs=false)", "edgegen", int8_outer))
-    if "int8 + deepcache" in optioned and not args.per_image_only:
+    if "int8 + deepcache" in optioned:
         rows.append(("ort int8, deepcache's shallow U-Net (a cached step)", "shallow", optioned["int8 + deepcache"]))
-    rows += [] if args.per_image_only else [(n, "edgegen", p) for n, p in compiled.items()]
-    if nncf_ok and not args.per_image_only:
+    rows += [(n, "edgegen", p) for n, p in compiled.items()]
+    if nncf_ok:
         rows += [("openvino + nncf int8 (peer)", "nncf", nncf_xml), (PEER, "nncf-static", nncf_xml)]
+    if args.per_image_only:
+        rows = []
     me = [sys.executable, __file__, "--threads", str(args.threads), "--repeats", str(args.repeats), "--artifact",
           str(art), "--latent", str(args.latent), "--steps", str(args.steps)]
     outs = {}
@@ -336,7 +339,7 @@ def main() -> None:
 
     ref_img = pics.get("ort fp32")
     for name, img in pics.items():
-        if ref_img is not None and "tiny-vae" in name:
+        if ref_img is not None and name.removeprefix("ort ") in random_decoder:
             result["per_image"][name]["quality"] = ("random-weight TAESD decoder: image not comparable with the full "
                                                     "decoder's; see the trained edgegen-shapes model")
         elif ref_img is not None:

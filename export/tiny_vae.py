@@ -77,7 +77,7 @@ def check_fits(model, recipe: dict, weights: str) -> None:
                                "use a tiny VAE trained for this model's latent space")
 
 
-def decoder_component(model, recipe: dict, io: IOSpec):
+def decoder_component(model, recipe: dict, io: IOSpec, name: str):
     """The drop-in decoder: the artifact's VAE input -> diffusers' tiny-VAE input -> image."""
     import torch
     from torch import nn
@@ -107,4 +107,4 @@ def decoder_component(model, recipe: dict, io: IOSpec):
             latents = (z - self.shift) * self.scale
             return (self.model.decode(latents / self.tiny_sf + self.tiny_shift, return_dict=False)[0],)
 
-    return Component("vae_decoder", Decode(model).eval(), io, count_params(model.decoder))
+    return Component(name, Decode(model).eval(), io, count_params(model.decoder))

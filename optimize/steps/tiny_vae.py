@@ -77,8 +77,7 @@ class TinyVae(PipelineOption):
         r = manifest["pipeline"]
         dec = r["vae_decoder"]
         weights = self._weights
-        comp = decoder_component(self._model, r, art.io(dec))
-        comp.name = dec
+        comp = decoder_component(self._model, r, art.io(dec), dec)
         say(f"tiny-vae: exporting {weights} ({comp.params / 1e6:.2f}M decoder params)")
         # The parent's files are hard links here: remove them, never write through them.
         shutil.rmtree(tmp / dec)
