@@ -19,6 +19,8 @@ Per step (the U-Net at batch 2 = CFG, 64x64 latent = 512 px, 77 tokens, t=500; b
 Per image (--steps, guidance 7.5, 512 px, one prompt, fixed latents; components loaded and
 warmed by a 2-step image first, then one timed generation; text encoder and VAE included):
 - edgegen ORT fp32 (the reference image) and ORT int8;
+- with --tome: token merging (`--pass tome`), fp32 and before --int8 per step (calibrated on the
+  merged graph), and int8 + tome alone and with deepcache + cfg-cutoff per image;
 - ORT int8 with each pipeline option (`optimize --pipeline-option`): cfg-cutoff, deepcache, both
   (`--option-rows combined`: both alone); with `--tiny-vae`, int8 and int8 + both with the VAE
   decoder swapped for a TAESD of seeded random weights (tiny-vae:weights=random, --no-gate): its
@@ -195,6 +197,10 @@ def main() -> None:
     ap.add_argument("--option-rows", choices=("all", "combined"), default="all",
                     help="per-image option rows: each option alone and both, or both only")
     ap.add_argument("--tiny-vae", action="store_true", help="add per-image rows with a TAESD decoder (random weights)")
+    ap.add_argument("--tome", metavar="CONFIG",
+                    help="add token-merging rows (--pass tome:CONFIG, e.g. ratio=0.5): fp32 and int8 per step, int8 "
+                         "and int8 + deepcache + cfg-cutoff per image")
+    ap.add_argument("--no-outer", action="store_true", help="skip the int8:outer_convs=false row")
     ap.add_argument("--record", help="write JSON + Markdown under bench/results/ with this name")
     ap.add_argument("--work", help="keep prepared artifacts in this folder (default: a temporary one, removed)")
     ap.add_argument("--step-child", nargs=3, metavar=("KIND", "PATH", "NPY"), help=argparse.SUPPRESS)
@@ -240,9 +246,21 @@ def main() -> None:
                               *CALIB], int8)
     # The int8 recipe with the U-Net's full-resolution resnet convs float (bench/int8_sensitivity.py).
     int8_outer = work / "int8-outer-float"
-    outer_ok = not args.per_image_only and prepare("optimize int8:outer_convs=false", ["edgegen", "optimize", str(art), "--pass",
+    outer_ok = not (args.per_image_only or args.no_outer) and prepare("optimize int8:outer_convs=false", ["edgegen", "optimize", str(art), "--pass",
                                                             "int8:outer_convs=false", "--components", "unet", "--out",
                                                             str(int8_outer), *CALIB], int8_outer)[0]
+    # Token merging is a graph pass: fp32 alone (its own cost and error), and before int8 so that
+    # calibration sees the merged activations.
+    tomed = {}
+    if args.tome:
+        tome = f"tome:{args.tome}"
+        for name, extra in (("fp32 + tome", []), ("int8 + tome", ["--int8"])):
+            if name == "fp32 + tome" and args.per_image_only:
+                continue
+            out = work / f"{name.replace(' + ', '-')}-{args.tome.replace('=', '').replace(',', '-')}"
+            if prepare(f"optimize {name}", ["edgegen", "optimize", str(art), "--pass", tome, *extra, "--components",
+                                            "unet", "--out", str(out), *CALIB], out)[0]:
+                tomed[name] = out
     dc, cc = f"deepcache:interval={args.deepcache}", f"cfg-cutoff:ratio={args.cfg_cutoff}"
     opts = {} if args.per_step_only else {
         "int8 + cfg-cutoff": [cc], "int8 + deepcache": [dc], "int8 + deepcache + cfg-cutoff": [dc, cc]}
@@ -251,12 +269,16 @@ def main() -> None:
     if args.tiny_vae and not args.per_step_only:
         opts.update({"int8 + tiny-vae": [TINY_VAE], "int8 + deepcache + cfg-cutoff + tiny-vae": [dc, cc, TINY_VAE]})
     random_decoder = {name for name, specs in opts.items() if TINY_VAE in specs}   # images not comparable
+    bases = {name: int8 for name in opts}
+    if "int8 + tome" in tomed and not args.per_step_only:
+        opts["int8 + tome + deepcache + cfg-cutoff"] = [dc, cc]
+        bases["int8 + tome + deepcache + cfg-cutoff"] = tomed["int8 + tome"]
     optioned = {}
     for name, specs in opts.items():
-        out = work / f"{name.replace(' + ', '-')}-dc{args.deepcache}-cc{args.cfg_cutoff}"
+        out = work / f"{name.replace(' + ', '-')}-dc{args.deepcache}-cc{args.cfg_cutoff}-{(args.tome or '').replace('=', '').replace(',', '-')}"
         # A random-weight TAESD can't pass a gate against the full decoder: its time is what counts.
         gate = ["--no-gate", "--steps", "2"] if TINY_VAE in specs else OPTION_GATE
-        cmd = ["edgegen", "optimize", str(int8), *[a for s in specs for a in ("--pipeline-option", s)],
+        cmd = ["edgegen", "optimize", str(bases[name]), *[a for s in specs for a in ("--pipeline-option", s)],
                "--out", str(out), *gate]
         if prepare(f"optimize {name}", cmd, out)[0]:
             optioned[name] = out
@@ -288,6 +310,7 @@ def main() -> None:
             ("ort int8 (edgegen --int8)", "edgegen", int8)]
     if outer_ok:
         rows.append(("ort int8, outer convs float (int8:outer_convs=false)", "edgegen", int8_outer))
+    rows += [(f"ort {n} (--pass tome:{args.tome})", "edgegen", p) for n, p in tomed.items()]
     if "int8 + deepcache" in optioned:
         rows.append(("ort int8, deepcache's shallow U-Net (a cached step)", "shallow", optioned["int8 + deepcache"]))
     rows += [(n, "edgegen", p) for n, p in compiled.items()]
@@ -322,6 +345,8 @@ def main() -> None:
 
     # -- per image --------------------------------------------------------------------------
     images = [] if args.per_step_only else [("ort fp32", "edgegen", art), ("ort int8", "edgegen", int8)]
+    if "int8 + tome" in tomed and not args.per_step_only:
+        images.append(("ort int8 + tome", "edgegen", tomed["int8 + tome"]))
     images += [(f"ort {n}", "edgegen", p) for n, p in optioned.items()]
     if images and nncf_ok and "openvino default, static" in compiled:
         images.append((PEER, "peer", compiled["openvino default, static"]))

@@ -48,18 +48,22 @@ def plan(art: Artifact, passes: list[Pass], components: list[str] | None) -> dic
         if unknown:
             raise EdgegenError(f"unknown component {unknown[0]!r}; this artifact has {', '.join(art.components)}")
     out: dict[str, list[Pass]] = {}
+    skipped: dict[str, str] = {}
     for p in passes:
         chosen = components or [c for c in art.components if role[c] in p.roles]
         for c in chosen:
-            why = p.applicable(art.components[c])
+            why = p.applicable(art.components[c]) or p.applicable_graph(art.graph_path(c))
             if why:
                 if components:
                     raise EdgegenError(f"cannot apply {p.name} to {c}: {why}")
+                if role[c] in p.roles:
+                    skipped.setdefault(c, f"{p.name} on {c}: {why}")
                 continue
             out.setdefault(c, []).append(p)
     if not out:
+        why = f" ({'; '.join(skipped.values())})" if skipped else ""
         raise EdgegenError(f"no component to optimize: {', '.join(p.name for p in passes)} "
-                           f"applies to none of {', '.join(art.components)}")
+                           f"applies to none of {', '.join(art.components)}{why}")
     return out
 
 

@@ -94,6 +94,10 @@ class Pass:
             return f"it is already {comp['precision']} (optimize an fp32 artifact)"
         return None
 
+    def applicable_graph(self, path: Path) -> str | None:
+        """Why this pass cannot run on this graph, found before calibration data is collected."""
+        return None
+
     def apply(self, ctx: PassContext) -> PassResult:
         raise NotImplementedError
 

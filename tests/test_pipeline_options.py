@@ -162,7 +162,7 @@ def test_cli_and_refusals(sd15, tiny_export, tmp_path):
     assert_user_error(run_cli("optimize", out, "--int8", "--out", tmp_path / "x"),
                       "uses deepcache", "apply graph passes to its parent")
     assert_user_error(run_cli("optimize", art, "--pipeline-option", "tome", "--out", tmp_path / "x"),
-                      "unknown pipeline option 'tome'", "cfg-cutoff")
+                      "unknown pipeline option 'tome'", "cfg-cutoff", "--pass tome")
     assert_user_error(run_cli("optimize", art, "--pipeline-option", "deepcache:interval=0", "--out", tmp_path / "x"),
                       "interval must be a whole number >= 1")
     assert_user_error(run_cli("optimize", art, "--pipeline-option", "cfg-cutoff:ratio=1.5", "--out", tmp_path / "x"),

@@ -62,7 +62,11 @@ def get_option(name: str, **config) -> PipelineOption:
     from . import cfg_cutoff, deepcache, tiny_vae, vae_tiling  # noqa: F401  (register)
 
     if name not in OPTIONS:
-        raise EdgegenError(f"unknown pipeline option {name!r}; known: {', '.join(sorted(OPTIONS))}")
+        from .. import passes  # noqa: F401  (registers the graph passes, for the hint)
+        from ..registry import PASSES
+
+        hint = f" ({name} is a graph pass: --pass {name})" if name in PASSES else ""
+        raise EdgegenError(f"unknown pipeline option {name!r}; known: {', '.join(sorted(OPTIONS))}{hint}")
     return OPTIONS[name](**config)
 
 
