@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import shutil
 import sys
 import time
@@ -30,7 +31,9 @@ from gate_margins import write_record as write_margins  # noqa: E402
 from machine import describe  # noqa: E402
 
 PASSES = [("fp16", {}), ("bf16", {}), ("int8", {}), ("int8-dynamic", {}), ("fp8", {}), ("int4", {}),
-          ("int8-weights", {}), ("fuse", {}), ("prune", {"mode": "n:m"})]
+          ("int8-weights", {}), ("fuse", {}), ("prune", {"mode": "n:m"}),
+          # edgegen-shapes' U-Net has self-attention at downsample 2 only (8x8 tokens at 32 px)
+          ("tome", {"max_downsample": 2})]
 GRID = ["a red circle on a blue background", "a yellow star on a purple background",
         "a small green triangle at the top left on a white background", "a large blue square on an orange background",
         "a white star at the bottom right on a black background", "an orange circle at the top right on a green background",
@@ -63,7 +66,8 @@ def score(net, images, scenes, ref: np.ndarray | None) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--n", type=int, default=100)
-    ap.add_argument("--passes", default=",".join(p for p, _ in PASSES))
+    ap.add_argument("--passes", default=",".join(p for p, _ in PASSES),
+                    help="pass names separated by ',', or NAME[:K=V,...] items separated by ';'")
     ap.add_argument("--targets", default="openvino")
     ap.add_argument("--work", type=Path, default=Path("/tmp/edgegen-shapes-bench"))
     ap.add_argument("--pipeline-options", default="",
@@ -111,10 +115,14 @@ def main() -> None:
 
     specs = dict(PASSES)
     traj = collect(load_artifact(src), calibration_prompts=2, gate_prompts=2) if a.passes else None
-    for name in filter(None, a.passes.split(",")):
-        p = get_pass(name, **specs.get(name, {}))
-        out = a.work / name
-        row = {"variant": name, "kind": "optimize", "thresholds": p.thresholds.to_dict()}
+    from edgegen.optimize.commands import parse_spec
+
+    # NAME[:K=V,...] items, separated by ';' when any item carries a config, else by ','
+    for text in filter(None, a.passes.split(";" if ":" in a.passes else ",")):
+        name, cfg = parse_spec(text, "--passes")
+        p = get_pass(name, **{**specs.get(name, {}), **cfg})
+        out = a.work / text.replace(":", "-").replace(",", "-").replace("=", "")
+        row = {"variant": text, "kind": "optimize", "thresholds": p.thresholds.to_dict()}
         try:
             optimize(src, [p], out, force=True, trajectories=traj)
             row.update(gate={"passed": True, **gate_summary(load_artifact(out, verify=False).manifest)})
@@ -168,7 +176,7 @@ def main() -> None:
         scored({"variant": f"--pipeline-option {variant}", "kind": "pipeline option"}, a.work / "options",
                with_options(variant))
     train = json.loads((Path(fam.shipped_weights()) / "train.json").read_text())
-    result = {"command": "python bench/shapes_adherence.py " + " ".join(sys.argv[1:]), "machine": describe(),
+    result = {"command": "python bench/shapes_adherence.py " + shlex.join(sys.argv[1:]), "machine": describe(),
               "export_seconds": export_s, "classifier_accuracy_on_fresh_renders": accuracy(net),
               "training": train, "captions": a.n, "steps": fam.steps, "guidance": fam.guidance, "rows": rows}
     if a.record:

@@ -56,7 +56,9 @@ def reference_image(ref, art, sampler: str, seed: int, monkeypatch, **call) -> n
     from edgegen.runtimes.samplers import SAMPLERS
 
     config = load_artifact(art, verify=False).manifest["scheduler"]
-    ref.scheduler = getattr(diffusers, SAMPLERS[sampler].diffusers_class).from_config(config)
+    # `ref` is often a session fixture's pipeline: put its own scheduler back afterwards, or a
+    # later test that saves it sees this one's (and infers another family from the folder)
+    monkeypatch.setattr(ref, "scheduler", getattr(diffusers, SAMPLERS[sampler].diffusers_class).from_config(config))
     rng = np.random.default_rng(seed)
     for holder in (ref, ref.scheduler, vae.DiagonalGaussianDistribution):
         patch_randn(monkeypatch, holder, rng)

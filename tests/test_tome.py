@@ -78,6 +78,17 @@ def test_pass_through_optimize(sd15, tmp_path):
     assert r.exit_code == 0, r.output
 
 
+def test_runs_before_fusions(sd15, tmp_path):
+    # Fusions replace the exporter's module-scoped names ToMe finds its blocks by: it goes first.
+    art, _ = sd15
+    out = tmp_path / "fused"
+    r = run_cli("optimize", art, "--fuse", "--pass", "tome:max_downsample=2", "--components", "unet", "--steps", "4",
+                "--out", out)
+    assert r.exit_code == 0, r.output
+    reports = json.loads((out / "manifest.json").read_text())["components"]["unet"]["optimize"]["reports"]
+    assert [x["pass"] for x in reports] == ["tome", "fuse"] and reports[0]["blocks"] == 4
+
+
 def test_openvino_runs_the_merged_graph(sd15, tmp_path):
     pytest.importorskip("openvino", reason="openvino is not installed: pip install 'edgegen[openvino]'")
     art, _ = sd15

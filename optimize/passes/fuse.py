@@ -42,7 +42,7 @@ class Fuse(Pass):
     name = "fuse"
     version = 1
     group = "graph"
-    order = 5  # first: the fusion patterns expect the exporter's float graph
+    order = 5  # before sparsity and precision: the fusion patterns expect the exporter's float graph
     roles = ("denoiser", "text_encoder", "vae_decoder", "vae_encoder")
     # Fusions reorder arithmetic only: outputs must agree to float rounding.
     thresholds = Thresholds(cosine=0.9999, rel_err=0.01, psnr=40.0, ssim=0.99)

@@ -247,7 +247,7 @@ class TokenMerge(Pass):
     name = "tome"
     version = 1
     group = "tokens"
-    order = 7   # after fusions (whose patterns expect the exporter's graph), before sparsity and precision
+    order = 3   # first: it finds blocks by the exporter's names, which fusions replace
     roles = ("denoiser",)
     # ToMe approximates attention by design; the component limits catch a broken rewrite, the
     # image gate judges the approximation (as for the step options: same limits).
