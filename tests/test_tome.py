@@ -101,9 +101,12 @@ def test_openvino_runs_the_merged_graph(sd15, tmp_path):
     assert e2e["passed"] and e2e["psnr"] > 60, e2e
 
 
-def test_refusals(sd15, tmp_path):
+def test_refusals(sd15, tiny_export, tmp_path):
     art, _ = sd15
     x = tmp_path / "x"
+    flux, _ = tiny_export("flux-schnell")
+    assert_user_error(run_cli("optimize", flux, "--pass", "tome", "--out", x), "no component to optimize",
+                      "tome on transformer: it has no U-Net transformer blocks")
     # The tiny U-Net has no self-attention at full latent resolution: nothing to merge.
     assert_user_error(run_cli("optimize", art, "--pass", "tome", "--components", "unet", "--out", x),
                       "cannot apply tome to unet", "downsample <= 1", "at 2")

@@ -194,10 +194,13 @@ def choose(model: onnx.ModelProto, max_downsample: int) -> tuple[list[dict], lis
     """(blocks to merge, all recognised blocks, unrecognised scopes); NothingToDo if none to merge."""
     blocks, odd = find_blocks(model)
     chosen = [b for b in blocks if 2 ** b["level"] <= max_downsample]
+    if not blocks:
+        raise NothingToDo("it has no U-Net transformer blocks (.../attentions.j/transformer_blocks.k/ in the exporter's "
+                          f"node names) to merge tokens in{'; unrecognised: ' + str(len(odd)) if odd else ''}")
     if not chosen:
         levels = sorted({2 ** b["level"] for b in blocks})
         raise NothingToDo(f"no U-Net self-attention at downsample <= {max_downsample} (its transformer blocks are "
-                          f"at {', '.join(map(str, levels)) or 'none'}{'; unrecognised: ' + str(len(odd)) if odd else ''})")
+                          f"at {', '.join(map(str, levels))}{'; unrecognised: ' + str(len(odd)) if odd else ''})")
     return chosen, blocks, odd
 
 
