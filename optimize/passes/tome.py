@@ -166,16 +166,15 @@ def _merge(b: _Nodes, g: dict, blk: dict, ratio: float) -> tuple[str, dict]:
     total = b("ScatterElements", xd, to, moved, axis=1, reduction="add")
     # torch's scatter_reduce "mean" (include_self): the destination counts itself once
     ones = b("ConstantOfShape", b("Shape", dst_of), value=helper.make_tensor("v", TensorProto.FLOAT, [1], [1.0]))
-    itself = b("ConstantOfShape", b("Shape", b("Gather", xd, b.const(0), axis=2)),
-               value=helper.make_tensor("v", TensorProto.FLOAT, [1], [1.0]))
+    b_nd = b("Shape", b("Gather", xd, b.const(0), axis=2))          # [B, Nd]
+    itself = b("ConstantOfShape", b_nd, value=helper.make_tensor("v", TensorProto.FLOAT, [1], [1.0]))
     count = b("ScatterElements", itself, dst_of, ones, axis=1, reduction="add")   # [B, Nd]
     mean = b("Div", total, b("Unsqueeze", count, last))
     merged = b("Concat", unm, mean, axis=1)                          # [B, N - r, C]
 
     # Unmerge: output token t takes row inv[t] of concat(attention out, its rows for the merged
     # src tokens); inv inverts the order merge left the tokens in.
-    pos = b("Concat", b("Gather", g["src"], unm_i), b("Expand", b("Unsqueeze", g["dst"], b.const([0])),
-                                                       b("Shape", b("Gather", xd, b.const(0), axis=2))),
+    pos = b("Concat", b("Gather", g["src"], unm_i), b("Expand", b("Unsqueeze", g["dst"], b.const([0])), b_nd),
             b("Gather", g["src"], src_i), axis=1)                    # [B, N]
     inv = b("ScatterElements", b("Mul", pos, b.const(0)), pos,
             b("Expand", b("Range", b.const(0), g["n"], b.const(1)), b("Shape", pos)), axis=1)
