@@ -252,12 +252,13 @@ def main() -> None:
     # Token merging is a graph pass: fp32 alone (its own cost and error), and before int8 so that
     # calibration sees the merged activations.
     tomed = {}
+    tome_tag = f"-{args.tome.replace('=', '').replace(',', '-')}" if args.tome else ""
     if args.tome:
         tome = f"tome:{args.tome}"
         for name, extra in (("fp32 + tome", []), ("int8 + tome", ["--int8"])):
             if name == "fp32 + tome" and args.per_image_only:
                 continue
-            out = work / f"{name.replace(' + ', '-')}-{args.tome.replace('=', '').replace(',', '-')}"
+            out = work / f"{name.replace(' + ', '-')}{tome_tag}"
             if prepare(f"optimize {name}", ["edgegen", "optimize", str(art), "--pass", tome, *extra, "--components",
                                             "unet", "--out", str(out), *CALIB], out)[0]:
                 tomed[name] = out
@@ -275,7 +276,7 @@ def main() -> None:
         bases["int8 + tome + deepcache + cfg-cutoff"] = tomed["int8 + tome"]
     optioned = {}
     for name, specs in opts.items():
-        out = work / f"{name.replace(' + ', '-')}-dc{args.deepcache}-cc{args.cfg_cutoff}-{(args.tome or '').replace('=', '').replace(',', '-')}"
+        out = work / f"{name.replace(' + ', '-')}-dc{args.deepcache}-cc{args.cfg_cutoff}{tome_tag}"
         # A random-weight TAESD can't pass a gate against the full decoder: its time is what counts.
         gate = ["--no-gate", "--steps", "2"] if TINY_VAE in specs else OPTION_GATE
         cmd = ["edgegen", "optimize", str(bases[name]), *[a for s in specs for a in ("--pipeline-option", s)],

@@ -159,7 +159,7 @@ def _merge(b: _Nodes, g: dict, blk: dict, ratio: float) -> tuple[str, dict]:
     x = blk["normed"]
     xs = b("Gather", x, g["src"], axis=1)
     xd = b("Gather", x, g["dst"], axis=1)
-    last = b.const([-1])
+    last = flat
     unm = b("GatherND", xs, b("Unsqueeze", unm_i, last), batch_dims=1)
     moved = b("GatherND", xs, b("Unsqueeze", src_i, last), batch_dims=1)    # [B, r, C]
     to = b("Expand", b("Unsqueeze", dst_of, last), b("Shape", moved))
@@ -236,12 +236,11 @@ def apply_tome(model: onnx.ModelProto, sample: str, ratio: float, max_downsample
         new.append(n)
         for o in n.output:
             new += after.get(o, [])
+    # Each inserted node follows its inputs' producers, so the order stays topological.
     del g.node[:]
     g.node.extend(new)
-    G.toposort(model)
     return {"blocks": len(chosen), "levels": sorted({b["level"] for b in chosen}),
-            "left_whole": len(blocks) - len(chosen), "unrecognised": len(odd),
-            "scopes": [b["scope"] for b in chosen]}
+            "left_whole": len(blocks) - len(chosen), "unrecognised": len(odd)}
 
 
 @register
@@ -302,5 +301,4 @@ class TokenMerge(Pass):
         onnx.save_model(model, str(ctx.dst / G.GRAPH))
         ctx.say(f"{ctx.component}: tome merges {c['ratio']:g} of the tokens in {report['blocks']} self-attention "
                 f"blocks (levels {report['levels']})")
-        report.pop("scopes")
         return PassResult(files, precision=None, report=report)
