@@ -2,10 +2,14 @@
 
     python bench/cpu_peers.py [--artifact build/sd15-random] [--steps 25] [--threads 2]
                               [--record cpu_peers_sd15]
+    python bench/cpu_peers.py --artifact build/sdturbo-random --vae-int8 ...   # 1 step, no CFG
 
-One run, one machine, every row in its own child process, one at a time:
+One run, one machine, every row in its own child process, one at a time. Steps and guidance are
+the artifact family's defaults unless given (sd15: 25 steps at 7.5; the turbo families: 1 step
+without CFG, so the U-Net runs at batch 1 and cfg-cutoff / deepcache have nothing to act on and
+are not raced).
 
-Per step (the U-Net at batch 2 = CFG, 64x64 latent = 512 px, 77 tokens, t=500; best of
+Per step (the U-Net at batch 2 = CFG or 1 without, 64x64 latent = 512 px, 77 tokens, t=500; best of
 --repeats after a warm-up), each with its relative L2 error against ORT fp32 on the same inputs:
 - PyTorch eager fp32 (diffusers, the same seeded weights);
 - edgegen on onnxruntime: the fp32 export, `optimize --int8`, and DeepCache's shallow U-Net
@@ -18,7 +22,8 @@ Per step (the U-Net at batch 2 = CFG, 64x64 latent = 512 px, 77 tokens, t=500; b
 
 Per image (--steps, guidance 7.5, 512 px, one prompt, fixed latents; components loaded and
 warmed by a 2-step image first, then one timed generation; text encoder and VAE included):
-- edgegen ORT fp32 (the reference image) and ORT int8;
+- edgegen ORT fp32 (the reference image) and ORT int8; with --vae-int8, ORT int8 on the U-Net and
+  the VAE decoder (the decode is most of a 1-step image);
 - with --tome: token merging (`--pass tome`), fp32 and before --int8 per step (calibrated on the
   merged graph), and int8 + tome alone and with deepcache + cfg-cutoff per image;
 - ORT int8 with each pipeline option (`optimize --pipeline-option`): cfg-cutoff, deepcache, both
@@ -58,10 +63,11 @@ CALIB = ["--size", "256", "--steps", "4", "--calibration-prompts", "2", "--gate-
 OPTION_GATE = ["--size", "256", "--steps", "6", "--gate-prompts", "1"]
 PROMPT = "a photo of an astronaut riding a horse on the moon"
 PEER = "openvino + nncf int8, static (peer)"
+PEER_VAE = "openvino + nncf int8, static, VAE decoder int8 too (peer)"
 TINY_VAE = "tiny-vae:weights=random"
 
 
-def step_child(kind: str, path: str, art: Path, npy: Path, threads: int, repeats: int, latent: int) -> dict:
+def step_child(kind: str, path: str, art: Path, npy: Path, threads: int, repeats: int, latent: int, batch: int) -> dict:
     if kind == "torch":
         import torch
 
@@ -70,7 +76,7 @@ def step_child(kind: str, path: str, art: Path, npy: Path, threads: int, repeats
 
         torch.set_num_threads(threads)
         unet = load_reference(load_artifact(art, verify=False).manifest).unet.eval()
-        f = feeds(art, latent)
+        f = feeds(art, latent, batch)
         t = {k: torch.from_numpy(v) for k, v in f.items()}
         with torch.inference_mode():
             run = lambda: unet(t["sample"], t["timestep"], t["encoder_hidden_states"]).sample.numpy()  # noqa: E731
@@ -83,7 +89,7 @@ def step_child(kind: str, path: str, art: Path, npy: Path, threads: int, repeats
         from edgegen.runtimes.step_options import DEEP_FEATURE
 
         pipe = Pipeline.load(path, threads=threads)
-        f = feeds(art, latent)
+        f = feeds(art, latent, batch)
         whole = pipe.component("unet")(**f)
         shallow = pipe.component(pipe.options["deepcache"]["component"])
         run = lambda: shallow(**f, **{DEEP_FEATURE: whole[DEEP_FEATURE]})["noise_pred"]  # noqa: E731
@@ -91,7 +97,7 @@ def step_child(kind: str, path: str, art: Path, npy: Path, threads: int, repeats
         np.save(npy, run())
         np.save(str(npy) + ".whole.npy", whole["noise_pred"])
         return {**res, "backend": "onnxruntime", "precision": "int8"}
-    f = feeds(art, latent)
+    f = feeds(art, latent, batch)
     if kind == "edgegen":      # an artifact through edgegen's own backend (compiled or not)
         from edgegen.runtimes.pipeline import Pipeline
 
@@ -119,8 +125,10 @@ def step_child(kind: str, path: str, art: Path, npy: Path, threads: int, repeats
     return {**res, **info}
 
 
-def nncf_int8(art: Path, out_xml: Path, say) -> dict:
-    """The peer's recipe on the same calibration data edgegen's --int8 gets."""
+def nncf_int8(art: Path, out_xml: Path, say, component: str = "unet") -> dict:
+    """The peer's recipe on the same calibration data edgegen's --int8 gets. The U-Net is a
+    transformer-style model to NNCF (its attention MatMuls quantized, SmoothQuant); the VAE
+    decoder is a plain CNN (NNCF's default preset)."""
     import nncf
     import openvino as ov
 
@@ -130,18 +138,28 @@ def nncf_int8(art: Path, out_xml: Path, say) -> dict:
     a = load_artifact(art, verify=False)
     t0 = time.time()
     traj = collect(a, 2, 1, steps=4, size=256, say=say)
-    data = traj.calibration["unet"]
-    model = ov.Core().read_model(str(a.graph_path("unet")))
-    q = nncf.quantize(model, nncf.Dataset(data), model_type=nncf.ModelType.TRANSFORMER, subset_size=len(data))
+    data = traj.calibration[component]
+    model = ov.Core().read_model(str(a.graph_path(component)))
+    kind = {"model_type": nncf.ModelType.TRANSFORMER} if component == "unet" else {}
+    q = nncf.quantize(model, nncf.Dataset(data), subset_size=len(data), **kind)
     ov.save_model(q, str(out_xml), compress_to_fp16=False)
     return {"samples": len(data), "seconds": round(time.time() - t0, 1)}
 
 
-class NncfUnet:
-    """The NNCF-quantized U-Net, static, with an edgegen component's call surface (bench only:
+def cfg_rows(art: Path, guidance: float) -> int:
+    """U-Net rows per image: 2 under classifier-free guidance, 1 for guidance-free (turbo) runs."""
+    from edgegen.runtimes.artifact import load_artifact
+    from edgegen.runtimes.shape_profile import cfg_batch
+
+    recipe = load_artifact(art, verify=False).manifest["pipeline"]
+    return cfg_batch({**recipe, "defaults": {**recipe["defaults"], "guidance": guidance}})
+
+
+class NncfComponent:
+    """An NNCF-quantized graph, static, with an edgegen component's call surface (bench only:
     the peer's pipeline is OpenVINO's own components with the same sampler loop)."""
 
-    def __init__(self, xml: str, threads: int, shapes: dict):
+    def __init__(self, xml: str, threads: int, shapes: dict, output: str):
         import openvino as ov
 
         core = ov.Core()
@@ -149,34 +167,47 @@ class NncfUnet:
         model.reshape(shapes)
         self.compiled = core.compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": threads,
                                                          "PERFORMANCE_HINT": "LATENCY"})
-        self.req, self.out = self.compiled.create_infer_request(), self.compiled.output(0)
+        self.req, self.out, self.name = self.compiled.create_infer_request(), self.compiled.output(0), output
 
     def __call__(self, **f):
-        return {"noise_pred": np.array(self.req.infer(f)[self.out], copy=True)}
+        return {self.name: np.array(self.req.infer(f)[self.out], copy=True)}
 
 
-def image_child(kind: str, path: str, npy: Path, threads: int, steps: int, latent: int, nncf_xml: str | None) -> dict:
+def image_child(kind: str, path: str, npy: Path, threads: int, steps: int, guidance: float, latent: int,
+                nncf_xml: str | None) -> dict:
+    from edgegen.runtimes.artifact import load_artifact
     from edgegen.runtimes.pipeline import Pipeline
 
     pipe = Pipeline.load(path, threads=threads)
-    if kind == "peer":
-        f = feeds(Path(path), latent)
-        pipe._components["unet"] = NncfUnet(nncf_xml, threads, {k: list(v.shape) for k, v in f.items()})
+    if kind.startswith("peer"):
+        f = feeds(Path(path), latent, cfg_rows(Path(path), guidance))
+        pipe._components["unet"] = NncfComponent(nncf_xml, threads, {k: list(v.shape) for k, v in f.items()},
+                                                 "noise_pred")
+        if kind == "peer-vae":  # the decoder's NNCF graph lies beside the U-Net's
+            io = load_artifact(path, verify=False).io("vae_decoder")
+            x = io.example(io.sizes("opt", batch=1, latent_height=latent, latent_width=latent), seed=0)
+            pipe._components["vae_decoder"] = NncfComponent(str(Path(nncf_xml).with_name("vae_decoder.xml")), threads,
+                                                            {k: list(v.shape) for k, v in x.items()},
+                                                            io.outputs[0].name)
+        # A few-step artifact's one-call denoise graph holds its own (f32) U-Net: the peer's
+        # int8 U-Net runs in the per-step loop.
+        pipe.use_denoise_graph = False
     z = np.random.default_rng(42).standard_normal((1, 4, latent, latent)).astype(np.float32)
     t0 = time.perf_counter()
-    # Two steps load and warm every graph at every shape the timed run uses: the first step whole
-    # and with CFG, the second shallow (DeepCache) and after a CFG cutoff.
-    pipe(PROMPT, steps=2, guidance=7.5, latents=z, seed=0)
+    # Two steps (or the run's own count, if fewer) load and warm every graph at every shape the
+    # timed run uses: the first step whole and with CFG, the second shallow (DeepCache) and after
+    # a CFG cutoff.
+    pipe(PROMPT, steps=min(2, steps), guidance=guidance, latents=z, seed=0)
     warm = time.perf_counter() - t0
     stages: dict[str, float] = {}
     pipe.observers.append(lambda s, i, o, dt: stages.__setitem__(s, stages.get(s, 0.0) + dt))
     t0 = time.perf_counter()
-    img = pipe(PROMPT, steps=steps, guidance=7.5, latents=z, seed=0)
+    img = pipe(PROMPT, steps=steps, guidance=guidance, latents=z, seed=0)
     total = time.perf_counter() - t0
     np.save(npy, img)
     den = pipe.recipe["denoiser"]
     groups = {"text": sum(v for k, v in stages.items() if k.startswith(("text_encoder", "tokenize"))),
-              "denoiser": sum(v for k, v in stages.items() if k.startswith(den)), "sampler": stages.get("sampler", 0.0),
+              "denoiser": sum(v for k, v in stages.items() if k.startswith((den, "denoise_graph"))), "sampler": stages.get("sampler", 0.0),
               "vae": stages.get("vae_decoder", 0.0)}
     return {"seconds_per_image": round(total, 2), "stages": {k: round(v, 2) for k, v in groups.items()},
             "load_and_warm_seconds": round(warm, 1), "backend": pipe.backend.name}
@@ -187,7 +218,9 @@ def main() -> None:
     ap.add_argument("--artifact", help="existing sd15 --random-weights artifact (default: export one)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--steps", type=int, default=25, help="steps per image")
+    ap.add_argument("--steps", type=int, help="steps per image (default: the family's, 25 for sd15, 1 for turbo)")
+    ap.add_argument("--guidance", type=float,
+                    help="guidance per image (default: the family's; <= 1 runs the U-Net at batch 1, without CFG)")
     ap.add_argument("--latent", type=int, default=64, help="latent side (64 = 512 px); a smoke run: 8 on a tiny export")
     ap.add_argument("--deepcache", type=int, default=3, help="DeepCache interval")
     ap.add_argument("--cfg-cutoff", type=float, default=0.4, help="CFG cutoff ratio")
@@ -197,6 +230,10 @@ def main() -> None:
     ap.add_argument("--option-rows", choices=("all", "combined"), default="all",
                     help="per-image option rows: each option alone and both, or both only")
     ap.add_argument("--tiny-vae", action="store_true", help="add per-image rows with a TAESD decoder (random weights)")
+    ap.add_argument("--compiled-images", action="store_true",
+                    help="add per-image rows for edgegen's static OpenVINO compiles of its int8 artifacts")
+    ap.add_argument("--vae-int8", action="store_true",
+                    help="add a per-image row with the VAE decoder int8 too (--int8 --components unet,vae_decoder)")
     ap.add_argument("--tome", metavar="CONFIG",
                     help="add token-merging rows (--pass tome:CONFIG, e.g. ratio=0.5): fp32 and int8 per step, int8 "
                          "and int8 + deepcache + cfg-cutoff per image")
@@ -205,26 +242,27 @@ def main() -> None:
     ap.add_argument("--work", help="keep prepared artifacts in this folder (default: a temporary one, removed)")
     ap.add_argument("--step-child", nargs=3, metavar=("KIND", "PATH", "NPY"), help=argparse.SUPPRESS)
     ap.add_argument("--image-child", nargs=4, metavar=("KIND", "PATH", "NPY", "NNCF"), help=argparse.SUPPRESS)
-    ap.add_argument("--nncf", nargs=1, metavar="OUT_XML", help=argparse.SUPPRESS)
+    ap.add_argument("--nncf", nargs=2, metavar=("COMPONENT", "OUT_XML"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.step_child:
         kind, path, npy = args.step_child
         print(json.dumps(step_child(kind, path, Path(args.artifact), Path(npy), args.threads, args.repeats,
-                                    args.latent)))
+                                    args.latent, cfg_rows(Path(args.artifact), args.guidance))))
         return
     if args.image_child:
         kind, path, npy, xml = args.image_child
-        print(json.dumps(image_child(kind, path, Path(npy), args.threads, args.steps, args.latent, xml)))
+        print(json.dumps(image_child(kind, path, Path(npy), args.threads, args.steps, args.guidance, args.latent,
+                                     xml)))
         return
     if args.nncf:
-        print(json.dumps(nncf_int8(Path(args.artifact), Path(args.nncf[0]), lambda m: None)))
+        print(json.dumps(nncf_int8(Path(args.artifact), Path(args.nncf[1]), lambda m: None, args.nncf[0])))
         return
 
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="edgegen-cpu-peers-"))
     work.mkdir(parents=True, exist_ok=True)
     flags = sorted(cpu_flags() & set(ISA_FLAGS))
     result = {"command": " ".join(["python bench/cpu_peers.py", *sys.argv[1:]]), "machine": describe(),
-              "cpu_flags": flags, "threads": args.threads, "steps_per_image": args.steps, "prepare": {},
+              "cpu_flags": flags, "threads": args.threads, "prepare": {},
               "per_step": {}, "per_image": {}}
     art = Path(args.artifact) if args.artifact else work / "sd15"
 
@@ -241,9 +279,21 @@ def main() -> None:
     if not args.artifact and not prepare("export", ["edgegen", "export", "sd15", "--random-weights", "--out",
                                                     str(art)], art)[0]:
         sys.exit(1)
+    from edgegen.runtimes.artifact import load_artifact
+
+    defaults = load_artifact(art, verify=False).manifest["pipeline"]["defaults"]
+    args.steps = defaults["steps"] if args.steps is None else args.steps
+    args.guidance = defaults["guidance"] if args.guidance is None else args.guidance
+    batch = cfg_rows(art, args.guidance)
+    result.update(steps_per_image=args.steps, guidance=args.guidance, unet_batch=batch)
     int8 = work / "int8"
     prepare("optimize int8", ["edgegen", "optimize", str(art), "--int8", "--components", "unet", "--out", str(int8),
                               *CALIB], int8)
+    # At one or few steps the VAE decode is most of an image: the same recipe on the decoder too.
+    int8_vae = work / "int8-unet-vae_decoder"
+    vae_ok = args.vae_int8 and not args.per_step_only and prepare(
+        "optimize int8, U-Net + VAE decoder", ["edgegen", "optimize", str(art), "--int8", "--components",
+                                               "unet,vae_decoder", "--out", str(int8_vae), *CALIB], int8_vae)[0]
     # The int8 recipe with the U-Net's full-resolution resnet convs float (bench/int8_sensitivity.py).
     int8_outer = work / "int8-outer-float"
     outer_ok = not (args.per_image_only or args.no_outer) and prepare("optimize int8:outer_convs=false", ["edgegen", "optimize", str(art), "--pass",
@@ -269,9 +319,16 @@ def main() -> None:
         opts.pop("int8 + cfg-cutoff", None), opts.pop("int8 + deepcache", None)
     if args.tiny_vae and not args.per_step_only:
         opts.update({"int8 + tiny-vae": [TINY_VAE], "int8 + deepcache + cfg-cutoff + tiny-vae": [dc, cc, TINY_VAE]})
+    # Options with nothing to act on in this run are not raced (their optimize would refuse or be a no-op).
+    inapplicable = {} if batch == 2 else {cc: f"guidance {args.guidance}: no CFG pass to cut"}
+    if args.steps < 2:
+        inapplicable[dc] = f"{args.steps} step: no later step to reuse deep features in"
+    for name in [n for n, specs in opts.items() if set(specs) & set(inapplicable)]:
+        opts.pop(name)
+    result["options_not_raced"] = {spec.split(":")[0]: why for spec, why in inapplicable.items()}
     random_decoder = {name for name, specs in opts.items() if TINY_VAE in specs}   # images not comparable
     bases = {name: int8 for name in opts}
-    if "int8 + tome" in tomed and not args.per_step_only:
+    if "int8 + tome" in tomed and not args.per_step_only and not inapplicable:
         opts["int8 + tome + deepcache + cfg-cutoff"] = [dc, cc]
         bases["int8 + tome + deepcache + cfg-cutoff"] = tomed["int8 + tome"]
     optioned = {}
@@ -291,20 +348,36 @@ def main() -> None:
     if not args.no_compiled:
         plan += [("openvino default", art, []), ("openvino on edgegen int8", int8, []),
                  ("openvino on edgegen int8, static", int8, static)]
+    # edgegen's whole pipeline on its own OpenVINO backend: its int8 QDQ graphs, static.
+    image_compiles = {}
+    if args.compiled_images and not args.per_step_only:
+        image_compiles["openvino on edgegen int8, static"] = int8
+        if vae_ok:
+            image_compiles["openvino on edgegen int8 U-Net + VAE decoder, static"] = int8_vae
+        planned = {p[0] for p in plan}
+        plan += [(n, src, static) for n, src in image_compiles.items() if n not in planned]
     for name, src, extra in plan:
-        out = work / name.replace(" ", "-").replace(",", "")
+        out = work / name.replace(" + ", "-").replace(" ", "-").replace(",", "")
         ok, _ = prepare(f"compile {name}", ["edgegen", "compile", str(src), "--target", "openvino", "--out", str(out),
                                             "--steps", "2", "--gate-prompts", "1", *extra], out)
         if ok:
             compiled[name] = out
     nncf_xml = work / "nncf" / "unet.xml"
-    nncf_ok = nncf_xml.is_file()
-    if not nncf_ok:
-        nncf_xml.parent.mkdir(exist_ok=True)
-        nncf_ok, text = prepare("nncf int8", [sys.executable, __file__, "--artifact", str(art), "--nncf",
-                                              str(nncf_xml)])
-        if nncf_ok:
-            result["prepare"]["nncf int8"].update(json.loads(text.strip().splitlines()[-1]))
+    nncf_xml.parent.mkdir(exist_ok=True)
+
+    def nncf(component: str, label: str) -> bool:
+        xml = nncf_xml.with_name(f"{component}.xml")
+        if xml.is_file():
+            return True
+        ok, text = prepare(label, [sys.executable, __file__, "--artifact", str(art), "--nncf", component, str(xml)])
+        if ok:
+            result["prepare"][label].update(json.loads(text.strip().splitlines()[-1]))
+        return ok
+
+    nncf_ok = nncf("unet", "nncf int8")
+    # Beyond optimum-intel's recipe (its hybrid mode quantizes the U-Net's activations only): the
+    # peer with its decoder NNCF-int8 too, to race edgegen's --vae-int8 row fairly.
+    nncf_vae_ok = vae_ok and nncf_ok and nncf("vae_decoder", "nncf int8 vae_decoder")
 
     # -- per step ---------------------------------------------------------------------------
     rows = [("pytorch eager fp32", "torch", art), ("ort fp32", "edgegen", art),
@@ -314,13 +387,14 @@ def main() -> None:
     rows += [(f"ort {n} (--pass tome:{args.tome})", "edgegen", p) for n, p in tomed.items()]
     if "int8 + deepcache" in optioned:
         rows.append(("ort int8, deepcache's shallow U-Net (a cached step)", "shallow", optioned["int8 + deepcache"]))
-    rows += [(n, "edgegen", p) for n, p in compiled.items()]
+    # (The decoder-int8 compile's U-Net is the int8 one's: no per-step row of its own.)
+    rows += [(n, "edgegen", p) for n, p in compiled.items() if "VAE decoder" not in n]
     if nncf_ok:
         rows += [("openvino + nncf int8 (peer)", "nncf", nncf_xml), (PEER, "nncf-static", nncf_xml)]
     if args.per_image_only:
         rows = []
     me = [sys.executable, __file__, "--threads", str(args.threads), "--repeats", str(args.repeats), "--artifact",
-          str(art), "--latent", str(args.latent), "--steps", str(args.steps)]
+          str(art), "--latent", str(args.latent), "--steps", str(args.steps), "--guidance", str(args.guidance)]
     outs = {}
     for name, kind, path in rows:
         npy = work / f"step-{len(outs)}.npy"
@@ -346,11 +420,16 @@ def main() -> None:
 
     # -- per image --------------------------------------------------------------------------
     images = [] if args.per_step_only else [("ort fp32", "edgegen", art), ("ort int8", "edgegen", int8)]
+    if vae_ok:
+        images.append(("ort int8, U-Net + VAE decoder", "edgegen", int8_vae))
     if "int8 + tome" in tomed and not args.per_step_only:
         images.append(("ort int8 + tome", "edgegen", tomed["int8 + tome"]))
     images += [(f"ort {n}", "edgegen", p) for n, p in optioned.items()]
+    images += [(n, "edgegen", compiled[n]) for n in image_compiles if n in compiled]
     if images and nncf_ok and "openvino default, static" in compiled:
         images.append((PEER, "peer", compiled["openvino default, static"]))
+        if nncf_vae_ok:
+            images.append((PEER_VAE, "peer-vae", compiled["openvino default, static"]))
     pics = {}
     for name, kind, path in images:
         npy = work / f"image-{len(pics)}.npy"
@@ -388,8 +467,8 @@ def main() -> None:
 
 def report(result: dict, args) -> str:
     lines = [] if not result["per_step"] else [
-        f"Per step: U-Net, batch 2 (CFG), {args.latent}x{args.latent} latent ({args.latent * 8} px), best of "
-        f"{args.repeats}.", "", "| variant | s/step | ratio_vs_nncf | rel. error vs ORT fp32 | compile gate PSNR | "
+        f"Per step: U-Net, batch {result['unet_batch']}{' (CFG)' if result['unet_batch'] == 2 else ''}, "
+        f"{args.latent}x{args.latent} latent ({args.latent * 8} px), best of {args.repeats}.", "", "| variant | s/step | ratio_vs_nncf | rel. error vs ORT fp32 | compile gate PSNR | "
         "peak RSS GB |", "|---|---|---|---|---|---|"]
     for name, e in result["per_step"].items():
         g = e.get("compile_gate_end_to_end")
@@ -397,8 +476,9 @@ def report(result: dict, args) -> str:
         lines.append(f"| {name} ({e.get('precision') or e.get('backend', '?')}) | {e.get('seconds_per_step', 'failed')} | "
                      f"{e.get('ratio_vs_nncf', '-')} | {e.get('rel_err', '-')} | {gate} | {e['peak_rss_gb']} |")
     if result["per_image"]:
-        lines += ["", f"Per image: {result['steps_per_image']} steps, guidance 7.5, {args.latent * 8} px, text encoder "
-                  "and VAE included, components loaded and warmed first.", "",
+        n = result["steps_per_image"]
+        lines += ["", f"Per image: {n} step{'s' * (n != 1)}, guidance {result['guidance']}, {args.latent * 8} px, "
+                  "text encoder and VAE included, components loaded and warmed first.", "",
                   "| variant | s/image | ratio_vs_nncf | text / U-Net / sampler / VAE s | PSNR vs ORT fp32 | SSIM "
                   "| peak RSS GB |", "|---|---|---|---|---|---|---|"]
     for name, e in result["per_image"].items():
@@ -408,10 +488,12 @@ def report(result: dict, args) -> str:
                      f"{e.get('psnr', '-')} | {e.get('ssim', '-')} | {e['peak_rss_gb']} |")
     notes = sorted({e["quality"] for e in result["per_image"].values() if "quality" in e})
     lines += [f"Rows with tiny-vae: {n}." for n in notes]
+    lines += [f"Not raced: {k} ({why})." for k, why in result.get("options_not_raced", {}).items()]
     lines += ["", f"CPU flags: {' '.join(result['cpu_flags'])}. Threads: {result['threads']}. Weights are seeded random "
               "(real architecture): time and memory do not depend on weight values; errors and PSNR compare variants "
               "on the same random weights, weak evidence for a trained checkpoint's quality.",
-              "Preparation: " + "; ".join(f"{k} {v.get('wall_seconds', 'reused')} s" for k, v in result["prepare"].items())]
+              "Preparation: " + "; ".join(f"{k} {v['wall_seconds']} s" if "wall_seconds" in v else f"{k} reused"
+                                  for k, v in result["prepare"].items())]
     return "\n".join(lines)
 
 

@@ -12,7 +12,7 @@ from edgegen.runtimes.host import cpu_model  # absolute: bench scripts import th
 def describe() -> dict:
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") if hasattr(os, "sysconf") else None
     vers = {}
-    for pkg in ("edgegen", "torch", "diffusers", "transformers", "onnx", "onnxruntime", "numpy"):
+    for pkg in ("edgegen", "torch", "diffusers", "transformers", "onnx", "onnxruntime", "openvino", "nncf", "numpy"):
         try:
             vers[pkg] = version(pkg)
         except PackageNotFoundError:
