@@ -543,7 +543,7 @@ def add_sampler_graphs(artifact_dir: str | Path, manifest: dict | None = None,
     size; an entry records whether its schedule changes with resolution (FLUX.1-dev's dynamic
     shift), and the runtime helpers refuse other schedules.
     """
-    from .denoise_graph import MAX_DENOISE_STEPS, build_denoise_graph, denoise_io, validate_denoise_graph
+    from .denoise_graph import MAX_DENOISE_STEPS
 
     root = Path(artifact_dir)
     say = say or (lambda msg: None)
@@ -568,9 +568,7 @@ def add_sampler_graphs(artifact_dir: str | Path, manifest: dict | None = None,
                                      validation_shape=lat.resolve(dio.sizes("min", batch=2)))
         entry.update(depends_on_resolution=depends, latent_size=list(size) if depends else None)
         out[SAMPLER_GRAPHS][key] = entry
-        common = {k2: entry[k2] for k2 in ("sampler", "steps", "stochastic", "flow_matching", "multistep",
-                                             "draws_noise", "schedule", "depends_on_resolution", "latent_size",
-                                             "timestep_scale")}
+        common = {k2: entry[k2] for k2 in DENOISE_COMMON}
         want = denoise if denoise is not None else (k == 0 and int(steps) <= MAX_DENOISE_STEPS)
         if want and takes_extra_channels(dio):
             # The graph feeds the stepped latents straight into the denoiser; it has no mask inputs.
@@ -581,29 +579,87 @@ def add_sampler_graphs(artifact_dir: str | Path, manifest: dict | None = None,
         if not want:
             continue
         use_cfg = cfg if cfg is not None else (recipe.get("guidance") == "cfg" and float(d["guidance"]) > 1.0)
-        dgraph = root / manifest["components"][denoiser]["graph"]
-        rel = f"{denoiser}/denoise-{key}.onnx"
-        say(f"denoise graph {key} ({'cfg' if use_cfg else 'no cfg'})")
-        shared = build_denoise_graph(dgraph, root / rel, tables, dio, latent_input=lat.name,
-                                     timestep_scale=timestep_scale, cfg=use_cfg)
-        io = denoise_io(dio, lat.name, tables, use_cfg)
-        dval = None
-        if validate:
-            dval = validate_denoise_graph(root / rel, dgraph, sched, dio, io, latent_input=lat.name,
-                                          timestep_scale=timestep_scale, cfg=use_cfg,
-                                          guidance=float(d["guidance"]) if float(d["guidance"]) > 1 else 4.0)
-        out[DENOISE_GRAPHS][key] = {
-            **common, "graph": rel, "files": digest_files(root, [rel]), "io": io.to_dict(), "cfg": bool(use_cfg),
-            "latent_input": lat.name, "packed": recipe.get("kind") == "flux", "denoiser": denoiser,
-            # The denoiser's weights file(s) the graph reads in place (listed by the component, not here),
-            # and the component's digests it was built from: a changed denoiser makes the graph stale.
-            "shares_external_data": [f"{denoiser}/{f}" for f in shared],
-            "denoiser_files": copy.deepcopy(manifest["components"][denoiser]["files"]),
-            "validation": dval,
-        }
+        out[DENOISE_GRAPHS][key] = write_denoise_graph(root, manifest, key, sched, tables, common, use_cfg,
+                                                       validate, say)
     if not out[DENOISE_GRAPHS]:
         del out[DENOISE_GRAPHS]
     return out
+
+
+# The sampler facts a denoise graph's entry shares with its sampler graphs' entry.
+DENOISE_COMMON = ("sampler", "steps", "stochastic", "flow_matching", "multistep", "draws_noise", "schedule",
+                  "depends_on_resolution", "latent_size", "timestep_scale")
+
+
+def write_denoise_graph(root: Path, manifest: dict, key: str, sched, tables: SamplerTables, common: dict, cfg: bool,
+                        validate: bool = True, say=None) -> dict:
+    """Build (and validate against the runtime loop) the one-call denoise graph `key` from the
+    manifest's denoiser graph in `root`; return its manifest entry."""
+    from .denoise_graph import build_denoise_graph, denoise_io, validate_denoise_graph
+
+    recipe = manifest["pipeline"]
+    d = recipe["defaults"]
+    denoiser = recipe["denoiser"]
+    dio = IOSpec.from_dict(manifest["components"][denoiser]["io"])
+    lat = latent_spec(dio)
+    timestep_scale = float(recipe.get("timestep_scale", 1.0))
+    dgraph = root / manifest["components"][denoiser]["graph"]
+    rel = f"{denoiser}/denoise-{key}.onnx"
+    (say or (lambda msg: None))(f"denoise graph {key} ({'cfg' if cfg else 'no cfg'})")
+    # An optimized artifact's copy may be a hard link to its parent's file: never write through it.
+    (root / rel).unlink(missing_ok=True)
+    shared = build_denoise_graph(dgraph, root / rel, tables, dio, latent_input=lat.name,
+                                 timestep_scale=timestep_scale, cfg=cfg)
+    io = denoise_io(dio, lat.name, tables, cfg)
+    dval = None
+    if validate:
+        dval = validate_denoise_graph(root / rel, dgraph, sched, dio, io, latent_input=lat.name,
+                                      timestep_scale=timestep_scale, cfg=cfg,
+                                      guidance=float(d["guidance"]) if float(d["guidance"]) > 1 else 4.0)
+    return {
+        **common, "graph": rel, "files": digest_files(root, [rel]), "io": io.to_dict(), "cfg": bool(cfg),
+        "latent_input": lat.name, "packed": recipe.get("kind") == "flux", "denoiser": denoiser,
+        # The denoiser's weights file(s) the graph reads in place (listed by the component, not here),
+        # and the component's digests it was built from: a changed denoiser makes the graph stale.
+        "shares_external_data": [f"{denoiser}/{f}" for f in shared],
+        "denoiser_files": copy.deepcopy(manifest["components"][denoiser]["files"]),
+        "validation": dval,
+    }
+
+
+def rebuild_denoise_graphs(root: Path, manifest: dict, say=None) -> dict[str, str]:
+    """Rebuild, in place, every denoise graph of `manifest` whose denoiser changed since it was
+    built (an optimized U-Net or DiT), so a few-step artifact keeps its one-call path instead of
+    carrying a stale graph the runtime would skip. One that can't be rebuilt and validated (a
+    denoiser graph onnxruntime's CPU provider can't run, say) is dropped, with its reason in
+    manifest["denoise_graphs_dropped"]: the runtime then runs the per-step loop, as it would
+    have for a stale graph. Returns key -> "rebuilt" or the reason it was dropped."""
+    say = say or (lambda msg: None)
+    done = {}
+    for key, entry in list(manifest.get(DENOISE_GRAPHS, {}).items()):
+        if manifest["components"][entry["denoiser"]]["files"] == entry["denoiser_files"]:
+            continue
+        for rel in entry.get("files", {}):
+            manifest.get("files", {}).pop(rel, None)
+        try:
+            sched, _ = prepare_sampler(root, manifest, entry["sampler"], int(entry["steps"]))
+            new = write_denoise_graph(root, manifest, key, sched, derive_tables(sched),
+                                      {k: entry[k] for k in DENOISE_COMMON}, bool(entry["cfg"]), True, say)
+        except Exception as e:  # noqa: BLE001 - any failure leaves the per-step loop, which the gate checked
+            why = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            for rel in entry.get("files", {}):
+                (root / rel).unlink(missing_ok=True)
+            del manifest[DENOISE_GRAPHS][key]
+            manifest.setdefault("denoise_graphs_dropped", {})[key] = why
+            say(f"denoise graph {key} dropped (the per-step loop runs): {why}")
+            done[key] = why
+            continue
+        manifest[DENOISE_GRAPHS][key] = new
+        manifest.setdefault("files", {}).update(new["files"])
+        done[key] = "rebuilt"
+    if DENOISE_GRAPHS in manifest and not manifest[DENOISE_GRAPHS]:
+        del manifest[DENOISE_GRAPHS]
+    return done
 
 
 def merge_entries(manifest: dict, entries: dict) -> dict:

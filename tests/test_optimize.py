@@ -300,3 +300,49 @@ def test_cli_export_gate_failure_leaves_nothing(tmp_path):
     r = run("export", "lcm-sd15", "--tiny", "--int8-dynamic", "--threshold", "cosine=1.01", "--out", out, *ONE)
     assert_user_error(r, "quality gate failed for int8-dynamic")
     assert list(tmp_path.iterdir()) == []
+
+
+def _images_graph_and_loop(path, key):
+    pipe = Pipeline.load(path)
+    z = np.random.default_rng(5).standard_normal((1, 4, 8, 8)).astype(np.float32)
+    graph = pipe("a red fox in snow", latents=z, seed=0)
+    used = list(pipe._denoise_graphs)
+    pipe.use_denoise_graph = False
+    return used, graph, pipe("a red fox in snow", latents=z, seed=0)
+
+
+def test_optimized_denoiser_gets_a_fresh_denoise_graph(tiny_export, trajectories, tmp_path):
+    """A few-step artifact's one-call denoise graph embeds its U-Net: optimizing the U-Net rebuilds
+    it from the optimized graph (the parent's would be stale, and read the new weights file), the
+    runtime uses it and it gives the per-step loop's image; the parent's files are not written through."""
+    src = tiny_export("lcm-sd15")[0]
+    parent = load_artifact(src)
+    key = next(iter(parent.manifest["denoise_graphs"]))
+    out = optimize(src, [get_pass("int8")], tmp_path / "out", trajectories=trajectories("lcm-sd15"))
+    art = load_artifact(out)  # every digest verifies, the rebuilt graph's too
+    entry = art.manifest["denoise_graphs"][key]
+    assert entry["validation"]["passed"]
+    assert entry["denoiser_files"] == art.components["unet"]["files"] != parent.components["unet"]["files"]
+    assert entry["files"] != parent.manifest["denoise_graphs"][key]["files"]
+    load_artifact(src)  # the parent still verifies
+    used, graph, loop = _images_graph_and_loop(out, key)
+    assert used == [key]
+    assert np.abs(graph.astype(np.float64) - loop).max() <= 1
+
+
+def test_denoise_graph_that_cannot_be_rebuilt_is_dropped(tiny_export, trajectories, tmp_path, monkeypatch):
+    import edgegen.export.sampler_graphs as SG
+
+    def broken(*a, **k):
+        raise EdgegenError("this provider cannot run the graph")
+
+    monkeypatch.setattr(SG, "write_denoise_graph", broken)
+    src = tiny_export("lcm-sd15")[0]
+    key = next(iter(load_artifact(src).manifest["denoise_graphs"]))
+    out = optimize(src, [get_pass("int8")], tmp_path / "out", trajectories=trajectories("lcm-sd15"))
+    art = load_artifact(out)
+    assert "denoise_graphs" not in art.manifest
+    assert art.manifest["denoise_graphs_dropped"] == {key: "this provider cannot run the graph"}
+    assert not (out / f"unet/denoise-{key}.onnx").exists()
+    used, _, _ = _images_graph_and_loop(out, key)
+    assert used == []
