@@ -20,7 +20,7 @@ Per step (the U-Net at batch 2 = CFG or 1 without, 64x64 latent = 512 px, 77 tok
   on the same sampler-trajectory U-Net inputs edgegen's --int8 gets), dynamic and reshaped
   static, as optimum-intel's users run it.
 
-Per image (--steps, guidance 7.5, 512 px, one prompt, fixed latents; components loaded and
+Per image (--steps at --guidance, 512 px, one prompt, fixed latents; components loaded and
 warmed by a 2-step image first, then one timed generation; text encoder and VAE included):
 - edgegen ORT fp32 (the reference image) and ORT int8; with --vae-int8, ORT int8 on the U-Net and
   the VAE decoder (the decode is most of a 1-step image);
@@ -349,13 +349,13 @@ def main() -> None:
         plan += [("openvino default", art, []), ("openvino on edgegen int8", int8, []),
                  ("openvino on edgegen int8, static", int8, static)]
     # edgegen's whole pipeline on its own OpenVINO backend: its int8 QDQ graphs, static.
-    image_compiles = {}
+    image_compiles, image_only = {}, set()
     if args.compiled_images and not args.per_step_only:
         image_compiles["openvino on edgegen int8, static"] = int8
         if vae_ok:
             image_compiles["openvino on edgegen int8 U-Net + VAE decoder, static"] = int8_vae
-        planned = {p[0] for p in plan}
-        plan += [(n, src, static) for n, src in image_compiles.items() if n not in planned]
+        image_only = set(image_compiles) - {p[0] for p in plan}
+        plan += [(n, image_compiles[n], static) for n in sorted(image_only)]
     for name, src, extra in plan:
         out = work / name.replace(" + ", "-").replace(" ", "-").replace(",", "")
         ok, _ = prepare(f"compile {name}", ["edgegen", "compile", str(src), "--target", "openvino", "--out", str(out),
@@ -387,8 +387,8 @@ def main() -> None:
     rows += [(f"ort {n} (--pass tome:{args.tome})", "edgegen", p) for n, p in tomed.items()]
     if "int8 + deepcache" in optioned:
         rows.append(("ort int8, deepcache's shallow U-Net (a cached step)", "shallow", optioned["int8 + deepcache"]))
-    # (The decoder-int8 compile's U-Net is the int8 one's: no per-step row of its own.)
-    rows += [(n, "edgegen", p) for n, p in compiled.items() if "VAE decoder" not in n]
+    # (Compiles made for the image rows only have the U-Net of a per-step row already there.)
+    rows += [(n, "edgegen", p) for n, p in compiled.items() if n not in image_only]
     if nncf_ok:
         rows += [("openvino + nncf int8 (peer)", "nncf", nncf_xml), (PEER, "nncf-static", nncf_xml)]
     if args.per_image_only:
@@ -468,8 +468,8 @@ def main() -> None:
 def report(result: dict, args) -> str:
     lines = [] if not result["per_step"] else [
         f"Per step: U-Net, batch {result['unet_batch']}{' (CFG)' if result['unet_batch'] == 2 else ''}, "
-        f"{args.latent}x{args.latent} latent ({args.latent * 8} px), best of {args.repeats}.", "", "| variant | s/step | ratio_vs_nncf | rel. error vs ORT fp32 | compile gate PSNR | "
-        "peak RSS GB |", "|---|---|---|---|---|---|"]
+        f"{args.latent}x{args.latent} latent ({args.latent * 8} px), best of {args.repeats}.", "",
+        "| variant | s/step | ratio_vs_nncf | rel. error vs ORT fp32 | compile gate PSNR | peak RSS GB |", "|---|---|---|---|---|---|"]
     for name, e in result["per_step"].items():
         g = e.get("compile_gate_end_to_end")
         gate = f"{g['psnr']:.1f} dB" if g else "-"
