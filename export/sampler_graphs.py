@@ -627,15 +627,14 @@ def write_denoise_graph(root: Path, manifest: dict, key: str, sched, tables: Sam
     }
 
 
-def rebuild_denoise_graphs(root: Path, manifest: dict, say=None) -> dict[str, str]:
+def rebuild_denoise_graphs(root: Path, manifest: dict, say=None) -> None:
     """Rebuild, in place, every denoise graph of `manifest` whose denoiser changed since it was
     built (an optimized U-Net or DiT), so a few-step artifact keeps its one-call path instead of
     carrying a stale graph the runtime would skip. One that can't be rebuilt and validated (a
     denoiser graph onnxruntime's CPU provider can't run, say) is dropped, with its reason in
     manifest["denoise_graphs_dropped"]: the runtime then runs the per-step loop, as it would
-    have for a stale graph. Returns key -> "rebuilt" or the reason it was dropped."""
+    have for a stale graph."""
     say = say or (lambda msg: None)
-    done = {}
     for key, entry in list(manifest.get(DENOISE_GRAPHS, {}).items()):
         if manifest["components"][entry["denoiser"]]["files"] == entry["denoiser_files"]:
             continue
@@ -652,14 +651,11 @@ def rebuild_denoise_graphs(root: Path, manifest: dict, say=None) -> dict[str, st
             del manifest[DENOISE_GRAPHS][key]
             manifest.setdefault("denoise_graphs_dropped", {})[key] = why
             say(f"denoise graph {key} dropped (the per-step loop runs): {why}")
-            done[key] = why
             continue
         manifest[DENOISE_GRAPHS][key] = new
         manifest.setdefault("files", {}).update(new["files"])
-        done[key] = "rebuilt"
     if DENOISE_GRAPHS in manifest and not manifest[DENOISE_GRAPHS]:
         del manifest[DENOISE_GRAPHS]
-    return done
 
 
 def merge_entries(manifest: dict, entries: dict) -> dict:

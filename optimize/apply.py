@@ -162,11 +162,6 @@ def optimize(src: str | Path, passes: list[Pass], out: str | Path, force: bool =
         # Non-graph files (tokenizers, scheduler) are shared as they are.
         for rel in manifest.get("files", {}):
             G.link_or_copy(art.root / rel, tmp / rel)
-        # A one-call denoise graph embeds its denoiser: rebuilt from the optimized one (validated
-        # against the runtime loop), so a few-step artifact keeps that path and carries no stale graph.
-        from ..export.sampler_graphs import rebuild_denoise_graphs
-
-        rebuild_denoise_graphs(tmp, manifest, say)
 
         new_art = Artifact(tmp, manifest)
         if gate:
@@ -175,6 +170,12 @@ def optimize(src: str | Path, passes: list[Pass], out: str | Path, force: bool =
             for name in todo:
                 manifest["components"][name]["gate"] = {"skipped": True}
             manifest["gate"] = {"skipped": True}
+        # A one-call denoise graph embeds its denoiser: rebuilt from the optimized one once the gate
+        # (which runs the per-step loop) has passed, so a few-step artifact keeps that path and
+        # carries no stale graph.
+        from ..export.sampler_graphs import rebuild_denoise_graphs
+
+        rebuild_denoise_graphs(tmp, manifest, say)
         done = []
         for p in passes:
             comps = sorted(c for c, ch in todo.items() if p in ch)
