@@ -32,13 +32,15 @@ MEMORY_DEFAULTS = {
 
 
 def make_session(graph: Path, device: str = "cpu", threads: int = 0, provider_options: dict | None = None,
-                 root: Path | None = None, fixed: dict[str, int] | None = None, memory: dict | None = None):
+                 root: Path | None = None, fixed: dict[str, int] | None = None, memory: dict | None = None,
+                 profile: str | None = None):
     """An InferenceSession on `device`'s providers; refuses a silent fallback to CPU.
     With `root`, the graph and its external data must lie inside that artifact folder.
     `fixed` pins symbolic dims by name (a static shape profile): ORT then folds the Shape/Gather/
     Concat chains that compute reshape targets at run time. The CUDA EP places those int64 chains
     on the CPU, and one CPU node is enough for ORT to refuse CUDA graph capture; on a tiny SD1.5
-    UNet pinning removed all 51 Shape nodes. `memory`: MEMORY_DEFAULTS keys to change."""
+    UNet pinning removed all 51 Shape nodes. `memory`: MEMORY_DEFAULTS keys to change.
+    `profile`: a file prefix for onnxruntime's per-node profiler (`session.end_profiling()`)."""
     import onnxruntime as ort
 
     if root is not None:
@@ -56,6 +58,8 @@ def make_session(graph: Path, device: str = "cpu", threads: int = 0, provider_op
     opts.enable_cpu_mem_arena, opts.enable_mem_pattern = mem["cpu_mem_arena"], mem["mem_pattern"]
     if not mem["prepacking"]:
         opts.add_session_config_entry("session.disable_prepacking", "1")
+    if profile:
+        opts.enable_profiling, opts.profile_file_prefix = True, profile
     providers = list(PROVIDERS[device])
     if provider_options:
         providers[0] = (providers[0], {k: str(v) for k, v in provider_options.items()})
