@@ -23,7 +23,7 @@ import numpy as np
 
 from .errors import EdgegenError
 from .iospec import IOSpec
-from .onnxruntime_backend import make_session
+from .onnxruntime_backend import CPU_MEMORY, make_session
 
 SAMPLER_GRAPHS = "sampler_graphs"   # manifest key: "<sampler>-<steps>" -> step/scale graph entry
 DENOISE_GRAPHS = "denoise_graphs"   # manifest key: "<sampler>-<steps>" -> denoise graph entry
@@ -212,7 +212,8 @@ class DenoiseGraph:
         self.io = IOSpec.from_dict(entry["io"])
         self.steps, self.cfg = int(entry["steps"]), bool(entry["cfg"])
         self.draws = [bool(d) for d in entry["draws_noise"]]
-        self.session = make_session(root / entry["graph"], device, threads)
+        self.session = make_session(root / entry["graph"], device, threads,
+                                    memory=CPU_MEMORY if device == "cpu" else None)
 
     @classmethod
     def from_artifact(cls, artifact, sampler: str, steps: int, device: str = "cpu", threads: int = 0) -> "DenoiseGraph":

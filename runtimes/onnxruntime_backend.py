@@ -23,12 +23,21 @@ PROVIDERS = {
     "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
 }
 # Session memory settings, each a backend option (Pipeline.load(backend_options=...)); the values
-# here are onnxruntime's own defaults. bench/memory_where.py measures each one's effect.
+# here are onnxruntime's own defaults (edgegen's CPU sessions differ: memory_options).
+# bench/memory_where.py measures each one's effect on memory, bench/ort_profile.py on time.
 MEMORY_DEFAULTS = {
     "cpu_mem_arena": True,      # SessionOptions.enable_cpu_mem_arena: activations from a growing BFC arena
     "mem_pattern": True,        # SessionOptions.enable_mem_pattern: one planned activation block per shape
     "prepacking": True,         # False: session.disable_prepacking (no MLAS-packed copies of weights)
 }
+# Where edgegen's CPU sessions leave onnxruntime's defaults. The memory pattern: measured with
+# bench/ort_profile.py (bench/results/ort_profile_sd15_unet_pattern.md, ort_profile_sdturbo_vae.md),
+# ORT plans it on a shape's first run and takes its block on the second, fresh memory whose
+# first-touch page faults land in that run's kernels (the SD1.5 UNet's 2nd call 14.7 s against
+# 9.2 s without; SD-Turbo's decoder InstanceNorms 2.9 s against 0.36 s per run). Later runs are as
+# fast either way, and the block holds the UNet's activations a second time
+# (bench/results/memory_sd15.md: peak 9.50 -> 7.32 GiB).
+CPU_MEMORY = {"mem_pattern": False}
 
 
 def make_session(graph: Path, device: str = "cpu", threads: int = 0, provider_options: dict | None = None,
@@ -214,6 +223,8 @@ class OnnxRuntimeBackend(Backend):
             raise EdgegenError(f"unknown onnxruntime option {unknown[0]!r}; known: cuda_graph, device_id, "
                                f"{', '.join(MEMORY_DEFAULTS)}")
         given = {k: v for k, v in self.options.items() if k in MEMORY_DEFAULTS}
+        if self.device == "cpu":
+            given = {**CPU_MEMORY, **given}
         if self.memory_mode == "sequential" and self.device == "cpu":
             # Measured on the real-size SD1.5 (bench/results/memory_sd15.md): the CPU arena keeps every
             # block a session ever held, and with the memory pattern the second run of a shape takes

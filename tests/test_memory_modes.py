@@ -93,3 +93,12 @@ def test_sequential_cpu_sessions_drop_the_arena_unless_told(tiny_export):
     assert arena(Pipeline.load(art)) is True
     assert arena(Pipeline.load(art, memory="sequential")) is False
     assert arena(Pipeline.load(art, memory="sequential", backend_options={"cpu_mem_arena": True})) is True
+
+
+def test_cpu_sessions_run_without_the_memory_pattern_unless_told(tiny_export):
+    # bench/results/ort_profile_sd15_unet_pattern.md: the pattern's block costs the 2nd run its page faults.
+    art, _ = tiny_export("sd15")
+    pattern = lambda pipe: pipe.component("unet").session.get_session_options().enable_mem_pattern  # noqa: E731
+    assert pattern(Pipeline.load(art)) is False
+    assert pattern(Pipeline.load(art, memory="sequential")) is False
+    assert pattern(Pipeline.load(art, backend_options={"mem_pattern": True})) is True
