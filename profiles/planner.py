@@ -272,7 +272,7 @@ def evaluate(model: Model, precisions: dict[str, str], usable: float, height: in
     # Quantised weights run with 16-bit activations next to fp16 parts, fp32 ones on a fp32 host.
     act_bytes = 2 if {"fp16", "bf16"} & set(precisions.values()) else 4
     if host:
-        acts = {p.name: 2 * activation_bytes(p, model, height, width, batch, act_bytes, False, K_VAE_ORT)
+        acts = {p.name: activation_bytes(p, model, height, width, batch, act_bytes, False, K_VAE_ORT)
                 for p in model.parts}
     else:
         acts = {p.name: activation_bytes(p, model, height, width, batch, act_bytes, fused) for p in model.parts}
@@ -401,11 +401,12 @@ def fit_table(rows=TABLE_ROWS, models=TABLE_MODELS) -> str:
 # -- CPU host: peak RSS of the ONNX Runtime pipeline ---------------------------------------
 
 def rss_breakdown(family: str, precision: str = "fp32", height: int = 512, width: int = 512, batch: int = 1,
-                  runtime: str = "onnxruntime-cpu", warm: bool = True) -> dict[str, float]:
+                  runtime: str = "onnxruntime-cpu", warm: bool = True, mem_pattern: bool = False) -> dict[str, float]:
     """Bytes by cause. onnxruntime-cpu keeps one session per component, each with its own arena that
-    never shrinks: the first run at a shape grows it by the activation peak, the second allocates the
-    memory-pattern block it planned (as large again). warm=True (a bench that runs each stage at least
-    twice) counts both; the UNet always runs twice or more in one generation."""
+    never shrinks: the first run at a shape grows it by the activation peak. With mem_pattern=True
+    (onnxruntime's default; edgegen's CPU sessions turn it off) the second run also allocates the
+    memory-pattern block it planned, as large again: warm=True (a bench that runs each stage at least
+    twice) counts both, and the UNet always runs twice or more in one generation."""
     if runtime not in RUNTIMES:
         raise EdgegenError(f"unknown runtime {runtime!r}; known: {', '.join(RUNTIMES)}")
     if precision not in ("fp32", "fp16", "int8"):
@@ -423,16 +424,16 @@ def rss_breakdown(family: str, precision: str = "fp32", height: int = 512, width
         out["activations"] = max(activation_bytes(p, model, h, w, batch, act, fused=True) for p in model.parts)
         return out
     for p in model.parts:
-        runs = 2 if warm or p.role == "denoiser" else 1
+        runs = 2 if mem_pattern and (warm or p.role == "denoiser") else 1
         out[f"{p.name} arena"] = runs * activation_bytes(p, model, h, w, batch, act, fused=False, k_vae=K_VAE_ORT)
     return out
 
 
 def predict_peak_rss(family: str, precision: str = "fp32", height: int = 512, width: int = 512, batch: int = 1,
-                     runtime: str = "onnxruntime-cpu", warm: bool = True) -> int:
+                     runtime: str = "onnxruntime-cpu", warm: bool = True, mem_pattern: bool = False) -> int:
     """Predicted peak resident set size, in bytes, of one process generating with `family`
     (export family or catalog model) through edgegen's runtime on CPU."""
-    return int(sum(rss_breakdown(family, precision, height, width, batch, runtime, warm).values()))
+    return int(sum(rss_breakdown(family, precision, height, width, batch, runtime, warm, mem_pattern).values()))
 
 
 if __name__ == "__main__":

@@ -13,7 +13,8 @@ from edgegen.runtimes.errors import EdgegenError
 
 # Measured on this repository's real-size (--random-weights) sd15 artifact, 512x512, one prompt with
 # CFG, onnxruntime 1.32 CPU, 2 threads, VmHWM: first generation / after every stage ran twice.
-SD15_ORT_RSS_GIB = {"cold": 9.606, "warm": 10.513}
+SD15_ORT_RSS_GIB = {"cold": 9.606, "warm": 10.513}   # onnxruntime's memory pattern on (profiles/README.md)
+SD15_ORT_RSS_NO_PATTERN_GIB = 7.32   # edgegen's CPU default, 2 steps (bench/results/memory_sd15.md, pattern-off)
 
 
 @pytest.fixture(autouse=True)
@@ -123,10 +124,14 @@ def test_activations_grow_with_resolution_and_batch():
 
 
 def test_predict_peak_rss_sd15_matches_measurement():
-    warm = planner.predict_peak_rss("sd15", "fp32", 512, 512, 1, runtime="onnxruntime-cpu")
-    cold = planner.predict_peak_rss("sd15", "fp32", 512, 512, 1, warm=False)
+    warm = planner.predict_peak_rss("sd15", "fp32", 512, 512, 1, runtime="onnxruntime-cpu", mem_pattern=True)
+    cold = planner.predict_peak_rss("sd15", "fp32", 512, 512, 1, warm=False, mem_pattern=True)
     assert abs(warm / GiB / SD15_ORT_RSS_GIB["warm"] - 1) < 0.05
     assert abs(cold / GiB / SD15_ORT_RSS_GIB["cold"] - 1) < 0.05
+    # Without the pattern a second run reuses the arena's chunks: warm or cold, one activation set each.
+    default = planner.predict_peak_rss("sd15", "fp32", 512, 512, 1)
+    assert default == planner.predict_peak_rss("sd15", "fp32", 512, 512, 1, warm=False)
+    assert abs(default / GiB / SD15_ORT_RSS_NO_PATTERN_GIB - 1) < 0.05
     parts = planner.rss_breakdown("sd15")
     assert parts["unet weights"] == 859_520_964 * 4
     torch_rss = planner.predict_peak_rss("sd15", runtime="torch-cpu")
