@@ -44,6 +44,7 @@ errors and PSNR compare variants on the same random weights, weak evidence for a
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import shutil
 import sys
@@ -231,7 +232,8 @@ def main() -> None:
                     help="per-image option rows: each option alone and both, or both only")
     ap.add_argument("--tiny-vae", action="store_true", help="add per-image rows with a TAESD decoder (random weights)")
     ap.add_argument("--compiled-images", action="store_true",
-                    help="add per-image rows for edgegen's static OpenVINO compiles of its int8 artifacts")
+                    help="add per-image rows for edgegen's static OpenVINO compiles of its int8 artifacts, step "
+                         "options included")
     ap.add_argument("--vae-int8", action="store_true",
                     help="add a per-image row with the VAE decoder int8 too (--int8 --components unet,vae_decoder)")
     ap.add_argument("--tome", metavar="CONFIG",
@@ -257,6 +259,10 @@ def main() -> None:
     if args.nncf:
         print(json.dumps(nncf_int8(Path(args.artifact), Path(args.nncf[1]), lambda m: None, args.nncf[0])))
         return
+    # Without the peer the race has no ratio to report: refuse before any preparation.
+    missing = [m for m in ("openvino", "nncf") if importlib.util.find_spec(m) is None]
+    if missing:
+        sys.exit(f"cpu_peers: the OpenVINO + NNCF peer needs {' and '.join(missing)}: pip install -e \".[bench]\"")
 
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="edgegen-cpu-peers-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -354,10 +360,18 @@ def main() -> None:
         image_compiles["openvino on edgegen int8, static"] = int8
         if vae_ok:
             image_compiles["openvino on edgegen int8 U-Net + VAE decoder, static"] = int8_vae
+        # The step options compiled with their artifact (DeepCache's shallow graph too); a
+        # random-weight TAESD is left out, its image can't be compared.
+        # cfg-cutoff runs the U-Net at two batches, which one static shape can't hold: dynamic.
+        for name, path in optioned.items():
+            if name not in random_decoder:
+                image_compiles[f"openvino on edgegen {name}{'' if cc in opts[name] else ', static'}"] = path
         image_only = set(image_compiles) - {p[0] for p in plan}
-        plan += [(n, image_compiles[n], static) for n in sorted(image_only)]
+        plan += [(n, image_compiles[n], static if n.endswith(", static") else []) for n in sorted(image_only)]
     for name, src, extra in plan:
         out = work / name.replace(" + ", "-").replace(" ", "-").replace(",", "")
+        if src in optioned.values():    # named for its source, which carries the option values
+            out = work / f"openvino{'-static' if extra else ''}-{src.name}"
         ok, _ = prepare(f"compile {name}", ["edgegen", "compile", str(src), "--target", "openvino", "--out", str(out),
                                             "--steps", "2", "--gate-prompts", "1", *extra], out)
         if ok:

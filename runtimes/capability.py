@@ -74,9 +74,16 @@ def component_formats(manifest: dict) -> dict[str, tuple[str, str | None]]:
 
 
 def check(target: str, device: Device, manifest: dict, precision: str | None = None, static: bool = False,
-          ov_device: str = "CPU") -> None:
+          ov_device: str = "CPU", fixed_batch: bool = False) -> None:
     """Raise EdgegenError (one line) if `target` cannot run this artifact on `device`."""
     where = f"{device.name} ({target})"
+    if fixed_batch and "cfg-cutoff" in (manifest.get("pipeline_options") or {}) \
+            and manifest.get("pipeline", {}).get("guidance") == "cfg":
+        # A fixed batch pins the denoiser at the CFG form ([uncond, cond]); after the cutoff the
+        # loop feeds it the cond half alone, a shape the compiled graph would not take.
+        raise EdgegenError(f"{where}: the cfg-cutoff option runs the denoiser at two batch sizes (with CFG, then "
+                           f"without) and a fixed --batch compiles one; leave out --batch, --height and --width "
+                           f"(a dynamic compile), or compile the artifact this option was added to")
     if target in GPU_TARGETS:
         if device.kind not in ("gpu", "soc") or device.compute_capability is None:
             raise EdgegenError(f"--target {target} needs an NVIDIA GPU; {device.name} is not one "

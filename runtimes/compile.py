@@ -80,11 +80,15 @@ def compile_artifact(src: str | Path, target: str, out: str | Path, force: bool 
     asked, parent = ShapeProfile.parse(height, width, batch), recipe_profile(art.manifest["pipeline"])
     # What the user leaves out stays as the parent was exported (a static export compiles static).
     prof = ShapeProfile(*(getattr(asked, k) or getattr(parent, k) for k in ("height", "width", "batch")))
-    roles = art.roles()
+    # DeepCache's shallow U-Net runs in the denoiser's loop at the denoiser's batch (as
+    # Pipeline.stage_of has it), so it takes the denoiser's shapes.
+    shallow = (art.manifest.get("pipeline_options") or {}).get("deepcache", {}).get("component")
+    roles = {**art.roles(), **({shallow: "denoiser"} if shallow in art.components else {})}
     recipe = narrow_resolution(art.manifest["pipeline"], prof)
     ios = component_ios(art.manifest, prof, roles)    # a shape outside the exported range stops here
     dev_name = ov_device or default_device
-    check(target, dev, art.manifest, precision, prof.static, dev_name if target == "openvino" else "CPU")
+    check(target, dev, art.manifest, precision, prof.static, dev_name if target == "openvino" else "CPU",
+          fixed_batch=prof.batch is not None and prof.batch.fixed)
     why = cls.missing()     # after the device rules: installing a library would not fix those
     if why:
         raise EdgegenError(f"--target {target} is not available here: {why}")

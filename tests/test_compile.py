@@ -233,3 +233,32 @@ def test_cuda_target_without_the_cuda_ep_fails_before_work(tiny_export, tmp_path
     r = run_cli("compile", src, "--target", "cuda", "--device", "rtx4060", "--out", tmp_path / "out")
     assert_user_error(r, "no CUDAExecutionProvider", "edgegen[cuda]")
     _nothing_written(tmp_path)
+
+
+def _with_options(src, out, *specs):
+    from edgegen.optimize.steps.apply import apply_options
+    from edgegen.optimize.steps.registry import get_option
+
+    return apply_options(src, [get_option(name, **cfg) for name, cfg in specs], out, gate=False, steps=4)
+
+
+def test_static_compile_of_a_deepcache_artifact_shapes_its_shallow_unet_as_the_denoiser(tiny_export, tmp_path):
+    # The shallow U-Net runs at the CFG batch like the whole one; shaped as 'other' it was pinned
+    # at batch 1 and the compile stopped on the gate's first feed.
+    src, _ = tiny_export("sd15")
+    dc = _with_options(src, tmp_path / "dc", ("deepcache", {"interval": 2}))
+    m = compile_ok(dc, tmp_path / "ov", "--target", "openvino", "--precision", "f32",
+                   "--height", 64, "--width", 64, "--batch", 1)
+    dims = m["components"]["unet_shallow"]["io"]["dims"]["batch"]
+    assert (dims["min"], dims["max"]) == (2, 2) and m["target"]["gate"]["end_to_end"]["passed"]
+    ref = Pipeline.load(dc)("a red fox in snow", steps=4, seed=3)
+    assert psnr(ref, Pipeline.load(tmp_path / "ov")("a red fox in snow", steps=4, seed=3)) >= 40
+
+
+def test_cfg_cutoff_with_a_fixed_batch_is_refused_before_work(tiny_export, tmp_path):
+    src, _ = tiny_export("sd15")
+    cc = _with_options(src, tmp_path / "cc", ("cfg-cutoff", {"ratio": 0.5}))
+    assert_user_error(run_cli("compile", cc, "--target", "openvino", "--out", tmp_path / "ov", "--batch", 1, *FAST),
+                      "cfg-cutoff option runs the denoiser at two batch sizes", "leave out --batch")
+    assert not (tmp_path / "ov").exists()
+    compile_ok(cc, tmp_path / "ov-dynamic", "--target", "openvino", "--precision", "f32")   # dynamic: fine
