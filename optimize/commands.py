@@ -69,6 +69,7 @@ FLAGS = (
     ("fp16", "fp16, with fp32 islands found from calibration data."),
     ("bf16", "bf16 weight storage (fp32 compute where the runtime has no bf16 kernels)."),
     ("int8", "int8 static QDQ (explicit quantization), calibrated on sampler trajectories."),
+    ("int8-nncf", "int8 by NNCF (SmoothQuant, bias correction) on sampler trajectories; for OpenVINO."),
     ("int8-dynamic", "int8 dynamic, MatMul/Gemm only (fast on CPU)."),
     ("int8-weights", "int8 weight-only, blockwise (streams: any model size)."),
     ("fp8", "fp8 E4M3 QDQ for Ada/Hopper GPUs, same calibration as --int8."),

@@ -23,6 +23,7 @@ PASS_SPECS = [
     ("fp16", {"samples": 2}),
     ("bf16", {}),
     ("int8", {}),
+    ("int8-nncf", {}),
     ("int8-dynamic", {}),
     ("fp8", {}),
     ("int4", {}),
@@ -57,7 +58,7 @@ def trajectories(tiny_export):
 
 def _cases():
     """All passes on lcm-sd15; on sdxl the ones that are quick; everything else under -m slow."""
-    quick_sdxl = {"int8", "int8-dynamic", "int4", "int8-weights", "fuse", "prune-n:m"}
+    quick_sdxl = {"int8", "int8-nncf", "int8-dynamic", "int4", "int8-weights", "fuse", "prune-n:m"}
     for family in FAST + SLOW:
         for name, config in PASS_SPECS:
             key = f"{name}-{config['mode']}" if "mode" in config else name
@@ -99,6 +100,10 @@ def test_pass_runs_and_passes_its_gate(family, name, config, tiny_export, trajec
         assert all(w["ratio"] == 0.5 for w in weights.values())
     elif name == "int8":
         assert list(changed) == [denoiser] and weights[denoiser]["ratio"] <= 0.3
+    elif name == "int8-nncf":
+        rep = changed[denoiser]["optimize"]["reports"][0]
+        assert list(changed) == [denoiser] and weights[denoiser]["ratio"] <= 0.3, weights
+        assert rep["dequantize_nodes"] > 0 and rep["library"].startswith("nncf ")
     elif name == "int8-dynamic":
         assert denoiser in changed and all(w["ratio"] <= 0.4 for w in weights.values())
     elif name == "fp8":

@@ -1,0 +1,65 @@
+"""bench/ov_profile.py: OpenVINO's per-node counters summed per layer type and kernel, on a real compile."""
+import importlib.util
+from datetime import timedelta
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+_PATH = Path(__file__).resolve().parents[1] / "bench" / "ov_profile.py"
+_spec = importlib.util.spec_from_file_location("ov_profile", _PATH)
+ov_profile = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(ov_profile)
+
+
+def _info(node_type, exec_type, ms, status="Status.EXECUTED"):
+    return SimpleNamespace(node_type=node_type, exec_type=exec_type, real_time=timedelta(milliseconds=ms),
+                           status=status)
+
+
+def test_layer_times_average_per_run_and_leave_out_fused_nodes():
+    runs = [[_info("Convolution", "brgconv_avx512_core_vnni_I8", 10), _info("Convolution", "brgconv_avx512_core_vnni_I8", 6),
+             _info("Softmax", "jit_avx512_bf16", 2), _info("Reorder", "unknown_I8", 0, "Status.NOT_RUN")],
+            [_info("Convolution", "brgconv_avx512_core_vnni_I8", 12), _info("Convolution", "brgconv_avx512_core_vnni_I8", 4),
+             _info("Softmax", "jit_avx512_bf16", 4), _info("Reorder", "unknown_I8", 0, "Status.NOT_RUN")]]
+    times = ov_profile.layer_times(runs)
+    assert times == {("Convolution", "brgconv_avx512_core_vnni_I8"): [16.0, 2], ("Softmax", "jit_avx512_bf16"): [3.0, 1]}
+    assert ov_profile.kind("Convolution", "brgconv_avx512_core_vnni_I8") == "int8"
+    assert ov_profile.kind("Softmax", "jit_avx512_bf16") == "bf16"
+    assert ov_profile.kind("MatMul", "brgemm_avx512_FP32") == "f32"
+
+
+def test_profile_runs_a_real_graph_and_sums_its_convolution(tmp_path):
+    pytest.importorskip("openvino", reason="openvino is not installed (pip install -e '.[openvino]')")
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((8, 4, 3, 3)).astype(np.float32), "w")
+    graph = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1], name="conv")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 4, "h", "w"])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [w])
+    path = tmp_path / "conv.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    x = np.random.default_rng(1).standard_normal((1, 4, 16, 16)).astype(np.float32)
+    rows, y, walls = ov_profile.profile(str(path), {"x": x}, runs=2, threads=1, precision="f32")
+    assert y.shape == (1, 8, 16, 16) and len(walls) == 2
+    conv = {k: v for k, v in rows.items() if k[0] == "Convolution"}
+    assert conv and sum(v[1] for v in conv.values()) == 1
+    import torch
+
+    ref = torch.nn.functional.conv2d(torch.from_numpy(x), torch.from_numpy(numpy_helper.to_array(w)), padding=1)
+    np.testing.assert_allclose(y, ref.numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_render_puts_each_graph_in_its_own_column_and_groups_int8_kernels():
+    rows = lambda ms: [{"layer": "Convolution", "kernel": "brgconv_avx512_core_vnni_I8", "ms": ms, "nodes": 3},  # noqa: E731
+                       {"layer": "Convolution", "kernel": "brgconv_avx512_core_bf16", "ms": 5.0, "nodes": 1}]
+    res = {"command": "python bench/ov_profile.py x", "machine": "m", "openvino": "2026.4.1", "precision": "bf16",
+           "threads": 2, "batch": 2, "latent": 64, "runs": 2,
+           "graphs": {"a": {"wall": [1.2, 1.0], "node_sum_ms": 990.0, "rel_err": 0.0, "rows": rows(40.0)},
+                      "b": {"wall": [0.9], "node_sum_ms": 880.0, "rel_err": 0.07, "rows": rows(20.0)}}}
+    text = ov_profile.render(res, top=5)
+    assert "| a | 1.000 | 0.990 | 0.0000 |" in text and "| b | 0.900 | 0.880 | 0.0700 |" in text
+    assert "| Convolution | int8 | 40 (3) | 20 (3) |" in text
+    assert "| Convolution | brgconv_avx512_core_bf16 | 5 (1) | 5 (1) |" in text
