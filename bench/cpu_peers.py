@@ -16,6 +16,8 @@ Per step (the U-Net at batch 2 = CFG or 1 without, 64x64 latent = 512 px, 77 tok
   (the graph a cached step runs; its error is against the whole graph on the same feature);
 - edgegen compiled for OpenVINO (`edgegen compile --target openvino`), fp32 and int8 artifacts,
   dynamic and static (--height/--width/--batch);
+- with --int8-nncf, edgegen's `optimize --int8-nncf` (NNCF's int8 on the ONNX graph, the same
+  calibration data): on onnxruntime and compiled static for OpenVINO;
 - the peer, built here from the same fp32 graph: NNCF int8 (ModelType.TRANSFORMER, calibrated
   on the same sampler-trajectory U-Net inputs edgegen's --int8 gets), dynamic and reshaped
   static, as optimum-intel's users run it.
@@ -240,6 +242,9 @@ def main() -> None:
                     help="add token-merging rows (--pass tome:CONFIG, e.g. ratio=0.5): fp32 and int8 per step, int8 "
                          "and int8 + deepcache + cfg-cutoff per image")
     ap.add_argument("--no-outer", action="store_true", help="skip the int8:outer_convs=false row")
+    ap.add_argument("--int8-nncf", action="store_true",
+                    help="add edgegen's --int8-nncf artifact (NNCF on the ONNX graph): per step on onnxruntime and "
+                         "compiled static for OpenVINO; per image compiled, alone and with deepcache + cfg-cutoff")
     ap.add_argument("--record", help="write JSON + Markdown under bench/results/ with this name")
     ap.add_argument("--work", help="keep prepared artifacts in this folder (default: a temporary one, removed)")
     ap.add_argument("--step-child", nargs=3, metavar=("KIND", "PATH", "NPY"), help=argparse.SUPPRESS)
@@ -300,6 +305,10 @@ def main() -> None:
     vae_ok = args.vae_int8 and not args.per_step_only and prepare(
         "optimize int8, U-Net + VAE decoder", ["edgegen", "optimize", str(art), "--int8", "--components",
                                                "unet,vae_decoder", "--out", str(int8_vae), *CALIB], int8_vae)[0]
+    int8n = work / "int8-nncf"
+    nncf_pass_ok = args.int8_nncf and prepare("optimize int8-nncf", ["edgegen", "optimize", str(art), "--int8-nncf",
+                                                                     "--components", "unet", "--out", str(int8n),
+                                                                     *CALIB], int8n)[0]
     # The int8 recipe with the U-Net's full-resolution resnet convs float (bench/int8_sensitivity.py).
     int8_outer = work / "int8-outer-float"
     outer_ok = not (args.per_image_only or args.no_outer) and prepare("optimize int8:outer_convs=false", ["edgegen", "optimize", str(art), "--pass",
@@ -323,6 +332,8 @@ def main() -> None:
         "int8 + cfg-cutoff": [cc], "int8 + deepcache": [dc], "int8 + deepcache + cfg-cutoff": [dc, cc]}
     if args.option_rows == "combined":
         opts.pop("int8 + cfg-cutoff", None), opts.pop("int8 + deepcache", None)
+    if nncf_pass_ok and not args.per_step_only:
+        opts["int8-nncf + deepcache + cfg-cutoff"] = [dc, cc]
     if args.tiny_vae and not args.per_step_only:
         opts.update({"int8 + tiny-vae": [TINY_VAE], "int8 + deepcache + cfg-cutoff + tiny-vae": [dc, cc, TINY_VAE]})
     # Options with nothing to act on in this run are not raced (their optimize would refuse or be a no-op).
@@ -333,7 +344,7 @@ def main() -> None:
         opts.pop(name)
     result["options_not_raced"] = {spec.split(":")[0]: why for spec, why in inapplicable.items()}
     random_decoder = {name for name, specs in opts.items() if TINY_VAE in specs}   # images not comparable
-    bases = {name: int8 for name in opts}
+    bases = {name: int8n if name.startswith("int8-nncf") else int8 for name in opts}
     if "int8 + tome" in tomed and not args.per_step_only and not inapplicable:
         opts["int8 + tome + deepcache + cfg-cutoff"] = [dc, cc]
         bases["int8 + tome + deepcache + cfg-cutoff"] = tomed["int8 + tome"]
@@ -354,10 +365,14 @@ def main() -> None:
     if not args.no_compiled:
         plan += [("openvino default", art, []), ("openvino on edgegen int8", int8, []),
                  ("openvino on edgegen int8, static", int8, static)]
+        if nncf_pass_ok:
+            plan.append(("openvino on edgegen int8-nncf, static", int8n, static))
     # edgegen's whole pipeline on its own OpenVINO backend: its int8 QDQ graphs, static.
     image_compiles, image_only = {}, set()
     if args.compiled_images and not args.per_step_only:
         image_compiles["openvino on edgegen int8, static"] = int8
+        if nncf_pass_ok:
+            image_compiles["openvino on edgegen int8-nncf, static"] = int8n
         if vae_ok:
             image_compiles["openvino on edgegen int8 U-Net + VAE decoder, static"] = int8_vae
         # The step options compiled with their artifact (DeepCache's shallow graph too); a
@@ -396,6 +411,8 @@ def main() -> None:
     # -- per step ---------------------------------------------------------------------------
     rows = [("pytorch eager fp32", "torch", art), ("ort fp32", "edgegen", art),
             ("ort int8 (edgegen --int8)", "edgegen", int8)]
+    if nncf_pass_ok:
+        rows.append(("ort int8-nncf (edgegen --int8-nncf)", "edgegen", int8n))
     if outer_ok:
         rows.append(("ort int8, outer convs float (int8:outer_convs=false)", "edgegen", int8_outer))
     rows += [(f"ort {n} (--pass tome:{args.tome})", "edgegen", p) for n, p in tomed.items()]

@@ -231,6 +231,9 @@ def test_cli_optimize_then_info_and_generate(art, tmp_path):
     (("--pass", "int8:colour=red"), ("unknown option(s) colour",)),
     (("--fuse", "--components", "vae_decoder"), ("fuse cannot change vae_decoder", "no cpu-safe fusion")),
     (("--pass", "fuse:target=tpu"), ("target must be cpu or cuda",)),
+    (("--pass", "int8-nncf:model_type=cnn"), ("model_type must be one of transformer, default", "'cnn'")),
+    (("--pass", "int8-nncf:smooth_quant=2"), ("smooth_quant must be an alpha in [0, 1]", "not 2")),
+    (("--pass", "int8-nncf:fast_bias_correction=false"), ("fast_bias_correction=false needs smooth_quant=-1",)),
 ])
 def test_cli_bad_input(art, tmp_path, args, fragments):
     out = tmp_path / "out"
