@@ -245,6 +245,10 @@ def main() -> None:
     ap.add_argument("--int8-nncf", action="store_true",
                     help="add edgegen's --int8-nncf artifact (NNCF on the ONNX graph): per step on onnxruntime and "
                          "compiled static for OpenVINO; per image compiled, alone and with deepcache + cfg-cutoff")
+    ap.add_argument("--openvino-only", action="store_true",
+                    help="the OpenVINO rows that race the peer, and the references: per step no dynamic compiles; per "
+                         "image the ORT fp32 reference, edgegen's OpenVINO compiles and the peer (each compile's gate "
+                         "costs minutes at 512 px)")
     ap.add_argument("--record", help="write JSON + Markdown under bench/results/ with this name")
     ap.add_argument("--work", help="keep prepared artifacts in this folder (default: a temporary one, removed)")
     ap.add_argument("--step-child", nargs=3, metavar=("KIND", "PATH", "NPY"), help=argparse.SUPPRESS)
@@ -363,8 +367,8 @@ def main() -> None:
     # The peer's image runs edgegen's static OpenVINO compile; per step alone needs no compile at all.
     plan = [] if args.per_step_only and args.no_compiled else [("openvino default, static", art, static)]
     if not args.no_compiled:
-        plan += [("openvino default", art, []), ("openvino on edgegen int8", int8, []),
-                 ("openvino on edgegen int8, static", int8, static)]
+        plan += [] if args.openvino_only else [("openvino default", art, []), ("openvino on edgegen int8", int8, [])]
+        plan += [("openvino on edgegen int8, static", int8, static)]
         if nncf_pass_ok:
             plan.append(("openvino on edgegen int8-nncf, static", int8n, static))
     # edgegen's whole pipeline on its own OpenVINO backend: its int8 QDQ graphs, static.
@@ -451,11 +455,13 @@ def main() -> None:
 
     # -- per image --------------------------------------------------------------------------
     images = [] if args.per_step_only else [("ort fp32", "edgegen", art), ("ort int8", "edgegen", int8)]
+    if args.openvino_only:
+        images = images[:1]
     if vae_ok:
         images.append(("ort int8, U-Net + VAE decoder", "edgegen", int8_vae))
     if "int8 + tome" in tomed and not args.per_step_only:
         images.append(("ort int8 + tome", "edgegen", tomed["int8 + tome"]))
-    images += [(f"ort {n}", "edgegen", p) for n, p in optioned.items()]
+    images += [] if args.openvino_only else [(f"ort {n}", "edgegen", p) for n, p in optioned.items()]
     images += [(n, "edgegen", compiled[n]) for n in image_compiles if n in compiled]
     if images and nncf_ok and "openvino default, static" in compiled:
         images.append((PEER, "peer", compiled["openvino default, static"]))

@@ -20,6 +20,8 @@ into the quantized model once at the end, where the int8 weights replace the flo
 """
 from __future__ import annotations
 
+import logging
+
 from .. import graph as G
 from ..registry import Pass, PassContext, PassResult, Thresholds, register
 from ...runtimes.errors import EdgegenError
@@ -99,6 +101,8 @@ class Int8Nncf(Pass):
             smooth_quant_alphas=AdvancedSmoothQuantParameters(matmul=float(c["smooth_quant"])))
         feeds = [{k: v for k, v in f.items() if k in ctx.io.input_names} for f in ctx.calibration]
         kw = {"model_type": nncf.ModelType.TRANSFORMER} if c["model_type"] == "transformer" else {}
+        # NNCF logs each ignored node and a progress bar per algorithm: its warnings are enough.
+        nncf.set_log_level(logging.WARNING)
         with G.quiet():
             q = nncf.quantize(model, nncf.Dataset(feeds), subset_size=len(feeds),
                               preset=getattr(nncf.QuantizationPreset, c["preset"].upper()),
