@@ -441,14 +441,21 @@ def main() -> None:
     # one pass takes (measured: the same two graphs 0.885x apart in one pass, 0.98x interleaved), so
     # each row's best is taken over rounds spread across the whole run, and each round's ratio
     # against the peer timed beside it is kept.
+    for name, kind, path in rows:
+        e = result["per_step"][name] = {"exit_code": 0, "peak_rss_gb": 0.0, "rounds": []}
+        if name in compiled:
+            t = json.loads((compiled[name] / "manifest.json").read_text())["target"]
+            e["compile_gate_end_to_end"] = t.get("gate", {}).get("end_to_end")
     for rnd in range(args.rounds):
         for i, (name, kind, path) in enumerate(rows):
+            e = result["per_step"][name]
+            if e["exit_code"]:      # failed in an earlier round: the row is marked failed, not rerun
+                continue
             npy = work / f"step-{i}.npy"
             rc, wall, rss, text = child(me + ["--step-child", kind, str(path), str(npy)])
-            e = result["per_step"].setdefault(name, {"exit_code": 0, "peak_rss_gb": 0.0, "rounds": []})
             e["peak_rss_gb"] = max(e["peak_rss_gb"], round(rss, 2))
-            if rc != 0 or e["exit_code"] != 0:
-                e["exit_code"] = e["exit_code"] or rc
+            if rc != 0:
+                e["exit_code"] = rc
                 e.pop("seconds_per_step", None)
                 print(name, json.dumps(e), flush=True)
                 continue
@@ -458,9 +465,6 @@ def main() -> None:
             outs[name] = np.load(npy)
             if kind == "shallow":
                 outs[name + " (its whole graph)"] = np.load(str(npy) + ".whole.npy")
-            if name in compiled:
-                t = json.loads((compiled[name] / "manifest.json").read_text())["target"]
-                e["compile_gate_end_to_end"] = t.get("gate", {}).get("end_to_end")
             print(name, f"round {rnd + 1}", json.dumps(e), flush=True)
     ref = outs.get("ort fp32")
     for name in list(result["per_step"]):
