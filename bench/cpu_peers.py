@@ -50,6 +50,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import re
 import shutil
 import sys
 import tempfile
@@ -246,6 +247,9 @@ def main() -> None:
                     help="add token-merging rows (--pass tome:CONFIG, e.g. ratio=0.5): fp32 and int8 per step, int8 "
                          "and int8 + deepcache + cfg-cutoff per image")
     ap.add_argument("--no-outer", action="store_true", help="skip the int8:outer_convs=false row")
+    ap.add_argument("--int8-config", action="append", default=[], metavar="CONFIG",
+                    help="add an int8 recipe (--pass int8:CONFIG, e.g. reduce_range=false,attn_proj=true), per step "
+                         "compiled static for OpenVINO (and on onnxruntime unless --openvino-only); repeatable")
     ap.add_argument("--int8-nncf", action="store_true",
                     help="add edgegen's --int8-nncf artifact (NNCF on the ONNX graph): per step on onnxruntime and "
                          "compiled static for OpenVINO; per image compiled, alone and with deepcache + cfg-cutoff")
@@ -322,6 +326,13 @@ def main() -> None:
     outer_ok = not (args.per_image_only or args.no_outer) and prepare("optimize int8:outer_convs=false", ["edgegen", "optimize", str(art), "--pass",
                                                             "int8:outer_convs=false", "--components", "unet", "--out",
                                                             str(int8_outer), *CALIB], int8_outer)[0]
+    # Further int8 recipes by config: per step, on both runtimes (the choice is per backend).
+    recipes = {}
+    for cfg in ([] if args.per_image_only else args.int8_config):
+        out = work / f"int8-{cfg.replace('=', '').replace(',', '-')}"
+        if prepare(f"optimize int8:{cfg}", ["edgegen", "optimize", str(art), "--pass", f"int8:{cfg}", "--components",
+                                            "unet", "--out", str(out), *CALIB], out)[0]:
+            recipes[cfg] = out
     # Token merging is a graph pass: fp32 alone (its own cost and error), and before int8 so that
     # calibration sees the merged activations.
     tomed = {}
@@ -377,6 +388,7 @@ def main() -> None:
             plan.append(("openvino on edgegen int8-nncf, static", int8n, static))
         if outer_ok:    # the accurate int8 recipe, on the runtime that wins with AVX512-BF16
             plan.append(("openvino on edgegen int8 outer convs float, static", int8_outer, static))
+        plan += [(f"openvino on edgegen int8:{cfg}, static", out, static) for cfg, out in recipes.items()]
     # edgegen's whole pipeline on its own OpenVINO backend: its int8 QDQ graphs, static.
     image_compiles, image_only = {}, set()
     if args.compiled_images and not args.per_step_only:
@@ -394,7 +406,7 @@ def main() -> None:
         image_only = set(image_compiles) - {p[0] for p in plan}
         plan += [(n, image_compiles[n], static if n.endswith(", static") else []) for n in sorted(image_only)]
     for name, src, extra in plan:
-        out = work / name.replace(" + ", "-").replace(" ", "-").replace(",", "")
+        out = work / re.sub(r"[^A-Za-z0-9._-]", "", name.replace(" + ", "-").replace(" ", "-").replace(",", ""))
         if src in optioned.values():    # named for its source, which carries the option values
             out = work / f"openvino{'-static' if extra else ''}-{src.name}"
         ok, _ = prepare(f"compile {name}", ["edgegen", "compile", str(src), "--target", "openvino", "--out", str(out),
@@ -425,6 +437,8 @@ def main() -> None:
         rows.append(("ort int8-nncf (edgegen --int8-nncf)", "edgegen", int8n))
     if outer_ok:
         rows.append(("ort int8, outer convs float (int8:outer_convs=false)", "edgegen", int8_outer))
+    if not args.openvino_only:
+        rows += [(f"ort int8:{cfg}", "edgegen", out) for cfg, out in recipes.items()]
     rows += [(f"ort {n} (--pass tome:{args.tome})", "edgegen", p) for n, p in tomed.items()]
     if "int8 + deepcache" in optioned:
         rows.append(("ort int8, deepcache's shallow U-Net (a cached step)", "shallow", optioned["int8 + deepcache"]))

@@ -45,12 +45,50 @@ def layer_times(infos_per_run: list[list]) -> dict:
     return {k: [v[0], v[1] // len(infos_per_run)] for k, v in out.items()}
 
 
-def profile(graph: str, f: dict, runs: int, threads: int, precision: str) -> tuple[dict, np.ndarray, list]:
+def mark_f32(xml: str, types: set[str]) -> tuple[str, int]:
+    """An IR's XML with OpenVINO's DisablePrecisionConversion on every layer of these types: the CPU
+    plugin then runs them in f32 under a bf16 hint (its Node reads the attribute as "keep original
+    precision"). Written to the XML because OpenVINO's Python API has no setter for that runtime
+    attribute; the IR reader builds it from `<rt_info><attribute name=... value="dynamic:f16"/>`."""
+    import xml.etree.ElementTree as ET
+
+    root = ET.fromstring(xml)
+    n = 0
+    for layer in root.iter("layer"):
+        if layer.get("type") in types:
+            rt = layer.find("rt_info")
+            if rt is None:
+                rt = ET.Element("rt_info")
+                layer.insert(0, rt)
+            ET.SubElement(rt, "attribute", name="DisablePrecisionConversion", version="0", value="dynamic:f16")
+            n += 1
+    return ET.tostring(root, encoding="unicode"), n
+
+
+def _keep_f32(core, model, types: set[str]):
+    import tempfile
+
+    import openvino as ov
+
+    with tempfile.TemporaryDirectory(prefix="ov-f32-") as tmp:
+        xml = Path(tmp) / "model.xml"
+        ov.save_model(model, str(xml), compress_to_fp16=False)
+        text, n = mark_f32(xml.read_text(), types)
+        if not n:
+            sys.exit(f"ov_profile: keep_f32: the graph has no layer of type {', '.join(sorted(types))}")
+        xml.write_text(text)
+        return core.read_model(str(xml))   # the weights are read into memory here
+
+
+def profile(graph: str, f: dict, runs: int, threads: int, precision: str,
+            keep_f32: frozenset = frozenset()) -> tuple[dict, np.ndarray, list]:
     import openvino as ov
 
     core = ov.Core()
     model = core.read_model(graph)
     model.reshape({k: list(v.shape) for k, v in f.items()})
+    if keep_f32:
+        model = _keep_f32(core, model, set(keep_f32))
     compiled = core.compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY",
                                                  "INFERENCE_PRECISION_HINT": precision, "PERF_COUNT": True})
     req = compiled.create_infer_request()
@@ -81,15 +119,18 @@ def render(res: dict, top: int) -> str:
     names = list(res["graphs"])
     lines = ["# OpenVINO CPU profile: one U-Net step", "",
              f"Command: `{res['command']}`", "",
-             f"Machine: {res['machine']}. OpenVINO {res['openvino']}, precision hint {res['precision']}, "
+             f"Machine: {res['machine']}. OpenVINO {res['openvino']}, precision hint {res['precision']} unless a row says, "
              f"{res['threads']} threads; batch {res['batch']}, latent {res['latent']}x{res['latent']}, static shapes; "
              f"per-node counters averaged over {res['runs']} runs after a warm-up. Weights are seeded random: times "
              "do not depend on weight values, errors are weak evidence for a trained model.", "",
-             "| graph | wall s/step (best) | sum of node times s | rel. error vs " + names[0] + " |",
-             "|---|---|---|---|"]
+             "| graph | precision hint | layer types kept f32 | wall s/step (best) | sum of node times s | "
+             "rel. error vs " + names[0] + " |",
+             "|---|---|---|---|---|---|"]
     for n in names:
         g = res["graphs"][n]
-        lines.append(f"| {n} | {min(g['wall']):.3f} | {g['node_sum_ms'] / 1e3:.3f} | {g['rel_err']:.4f} |")
+        kept = ", ".join(g.get("keep_f32", [])) or "-"
+        lines.append(f"| {n} | {g.get('precision', res['precision'])} | {kept} | {min(g['wall']):.3f} | "
+                     f"{g['node_sum_ms'] / 1e3:.3f} | {g['rel_err']:.4f} |")
     groups: dict = defaultdict(lambda: {n: [0.0, 0] for n in names})
     kernels: dict = defaultdict(lambda: {n: [0.0, 0] for n in names})
     for n in names:
@@ -128,24 +169,33 @@ def main() -> None:
 
     from edgegen.runtimes.openvino_backend import OpenVinoBackend
 
+    precision = args.precision or OpenVinoBackend(device="CPU").resolved_precision()
     pairs = []
     for item in args.graphs:
-        name, sep, graph = item.partition("=")
+        name, sep, spec = item.partition("=")
+        graph, *opts = spec.split(",")
         if not sep or not Path(graph).is_file():
-            sys.exit(f"ov_profile: expected NAME=GRAPH with an existing file, got {item!r}")
-        pairs.append((name, graph))
-    precision = args.precision or OpenVinoBackend(device="CPU").resolved_precision()
+            sys.exit(f"ov_profile: expected NAME=GRAPH[,precision=P][,keep_f32=TYPE+TYPE] with an existing file, "
+                     f"got {item!r}")
+        o = {"precision": precision, "keep_f32": ""}
+        for kv in opts:
+            k, eq, v = kv.partition("=")
+            if k not in o or not eq or not v:
+                sys.exit(f"ov_profile: {name}: unknown option {kv!r} (precision=P or keep_f32=TYPE+TYPE)")
+            o[k] = v
+        pairs.append((name, graph, o["precision"], frozenset(t for t in o["keep_f32"].split("+") if t)))
     f = feeds(Path(args.artifact), args.latent, args.batch)
     res = {"command": " ".join(["python bench/ov_profile.py", *sys.argv[1:]]), "machine": describe(),
            "openvino": ov.get_version().split("-")[0], "precision": precision, "threads": args.threads,
            "batch": args.batch, "latent": args.latent, "runs": args.runs, "graphs": {}}
     ref = None
-    for name, graph in pairs:
-        rows, y, walls = profile(graph, f, args.runs, args.threads, precision)
+    for name, graph, prec, keep in pairs:
+        rows, y, walls = profile(graph, f, args.runs, args.threads, prec, keep)
         ref = y if ref is None else ref
         err = float(np.linalg.norm(y.astype(np.float64) - ref) / (np.linalg.norm(ref) + 1e-12))
         res["graphs"][name] = {
-            "graph": graph, "wall": [round(w, 3) for w in walls], "rel_err": round(err, 5),
+            "graph": graph, "precision": prec, "keep_f32": sorted(keep),
+            "wall": [round(w, 3) for w in walls], "rel_err": round(err, 5),
             "node_sum_ms": round(sum(v[0] for v in rows.values()), 1),
             "rows": sorted(({"layer": k[0], "kernel": k[1], "ms": round(v[0], 2), "nodes": v[1]}
                             for k, v in rows.items()), key=lambda r: -r["ms"])}

@@ -364,3 +364,26 @@ def test_int8_outer_convs_are_the_full_resolution_resnet_convs():
         kept, skipped = _quantizable(m, ("Conv", "MatMul"), skip=False, outer_convs=False)
         assert set(skipped) == want and not want & set(kept)
         assert _quantizable(m, ("Conv", "MatMul"), skip=False)[1] == []
+
+
+def test_int8_attn_proj_quantizes_the_transformer_blocks_proj_in_out_only():
+    """int8:attn_proj=true takes the attention blocks' proj_in/proj_out off the float list and
+    keeps everything else there (conv_in/conv_out, norms, time embedding)."""
+    from edgegen.optimize.passes.quant import _quantizable
+
+    paths = ["conv_in", "time_embedding/linear_1", "down_blocks.0/attentions.0/proj_in",
+             "down_blocks.0/attentions.0/transformer_blocks.0/attn1/to_q", "down_blocks.0/attentions.0/proj_out",
+             "down_blocks.0/resnets.0/conv1", "conv_norm_out", "conv_out"]
+    nodes, inits = [], []
+    for i, p in enumerate(paths):
+        w = numpy_helper.from_array(np.zeros((2, 2, 1, 1), np.float32), f"w{i}")
+        inits.append(w)
+        nodes.append(h.make_node("Conv", ["x", w.name], [f"y{i}"], name=f"/model/{p}/Conv"))
+    g = h.make_graph(nodes, "g", [h.make_tensor_value_info("x", T.FLOAT, None)],
+                     [h.make_tensor_value_info(f"y{i}", T.FLOAT, None) for i in range(len(paths))], inits)
+    m = h.make_model(g)
+    proj = {"/model/down_blocks.0/attentions.0/proj_in/Conv", "/model/down_blocks.0/attentions.0/proj_out/Conv"}
+    kept, skipped = _quantizable(m, ("Conv",), skip=True)
+    assert proj <= set(skipped) and "/model/conv_in/Conv" in skipped
+    kept2, skipped2 = _quantizable(m, ("Conv",), skip=True, attn_proj=True)
+    assert set(skipped2) == set(skipped) - proj and proj <= set(kept2)

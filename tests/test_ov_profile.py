@@ -60,6 +60,46 @@ def test_render_puts_each_graph_in_its_own_column_and_groups_int8_kernels():
            "graphs": {"a": {"wall": [1.2, 1.0], "node_sum_ms": 990.0, "rel_err": 0.0, "rows": rows(40.0)},
                       "b": {"wall": [0.9], "node_sum_ms": 880.0, "rel_err": 0.07, "rows": rows(20.0)}}}
     text = ov_profile.render(res, top=5)
-    assert "| a | 1.000 | 0.990 | 0.0000 |" in text and "| b | 0.900 | 0.880 | 0.0700 |" in text
+    assert "| a | bf16 | - | 1.000 | 0.990 | 0.0000 |" in text and "| b | bf16 | - | 0.900 | 0.880 | 0.0700 |" in text
     assert "| Convolution | int8 | 40 (3) | 20 (3) |" in text
     assert "| Convolution | brgconv_avx512_core_bf16 | 5 (1) | 5 (1) |" in text
+
+
+def test_mark_f32_adds_the_attribute_to_the_chosen_layer_types_only():
+    xml = ('<net><layers><layer id="0" name="a" type="Add" version="opset1"><rt_info>'
+           '<attribute name="fused_names" version="0" value="a"/></rt_info></layer>'
+           '<layer id="1" name="m" type="MVN" version="opset6"/><layer id="2" name="c" type="Convolution" '
+           'version="opset1"/></layers></net>')
+    out, n = ov_profile.mark_f32(xml, {"Add", "MVN"})
+    assert n == 2
+    import xml.etree.ElementTree as ET
+
+    layers = {l.get("name"): l for l in ET.fromstring(out).iter("layer")}
+    marks = {k: [a.get("name") for a in l.iter("attribute")] for k, l in layers.items()}
+    assert marks == {"a": ["fused_names", "DisablePrecisionConversion"], "m": ["DisablePrecisionConversion"], "c": []}
+    assert layers["m"].find("rt_info/attribute").get("value") == "dynamic:f16"
+
+
+def test_keep_f32_runs_the_marked_layers_in_f32_under_a_bf16_hint(tmp_path):
+    pytest.importorskip("openvino", reason="openvino is not installed (pip install -e '.[openvino]')")
+    from edgegen.runtimes.host import cpu_has_bf16
+
+    if not cpu_has_bf16():
+        pytest.skip("this CPU has no AVX512-BF16 or AMX: OpenVINO computes everything in f32, nothing to keep")
+    import openvino as ov
+    from openvino import opset13 as op
+
+    rng = np.random.default_rng(0)
+    x = op.parameter([1, 16, 8, 8], np.float32, name="x")
+    w = op.constant(rng.standard_normal((16, 16, 3, 3)).astype(np.float32))
+    c1 = op.convolution(x, w, [1, 1], [1, 1], [1, 1], [1, 1])
+    m = op.mvn(c1, op.constant(np.array([1, 2, 3], np.int64)), True, 1e-5, "inside_sqrt")
+    c2 = op.convolution(m, w, [1, 1], [1, 1], [1, 1], [1, 1])
+    path = tmp_path / "m.xml"
+    ov.save_model(ov.Model([c2], [x]), str(path), compress_to_fp16=False)
+    f = {"x": rng.standard_normal((1, 16, 8, 8)).astype(np.float32)}
+    plain = ov_profile.profile(str(path), f, runs=1, threads=1, precision="bf16")[0]
+    kept = ov_profile.profile(str(path), f, runs=1, threads=1, precision="bf16", keep_f32=frozenset({"MVN"}))[0]
+    kinds = lambda rows, t: {ov_profile.kind(*k) for k in rows if k[0] == t}  # noqa: E731
+    assert kinds(plain, "MVN") == {"bf16"} and kinds(kept, "MVN") == {"f32"}
+    assert kinds(kept, "Convolution") == {"bf16"}

@@ -35,10 +35,15 @@ from ...runtimes.errors import EdgegenError
 _METHODS = ("percentile", "entropy", "minmax", "distribution")
 
 
+_ATTN_PROJ = re.compile(r"(^|[./])(proj_in|proj_out)([./ ]|$)")
+
+
 def _quantizable(model, op_types, skip: bool, concat_fed: bool = True,
-                 outer_convs: bool = True) -> tuple[list[str], list[str]]:
+                 outer_convs: bool = True, attn_proj: bool = False) -> tuple[list[str], list[str]]:
     nodes = [n.name for n in G.weight_nodes(model, op_types)]
     skipped = set(G.skip_list(model, op_types)) if skip else set()
+    if skipped and attn_proj:
+        skipped -= _attn_proj(model, skipped)
     if not concat_fed:
         skipped |= _concat_fed(model, nodes)
     if not outer_convs:
@@ -58,6 +63,13 @@ def _outer_convs(model, names: list[str]) -> set[str]:
         return set()
     outer = re.compile(rf"(down_blocks[./]0|up_blocks[./]{max(ups)})[./]resnets[./]\d+[./]conv[12]([./ ]|$)")
     return {n for n in names if outer.search(keys[n])}
+
+
+def _attn_proj(model, names) -> set[str]:
+    """The transformer blocks' proj_in/proj_out (1x1 convs or linears over every token)."""
+    inits = G.initializer_names(model)
+    by_name = {n.name: n for n in model.graph.node}
+    return {n for n in names if _ATTN_PROJ.search(G.node_key(by_name[n], inits))}
 
 
 def _concat_fed(model, names: list[str]) -> set[str]:
@@ -120,7 +132,8 @@ class _StaticQDQ(Pass):
             raise EdgegenError(f"{ctx.component}: {self.name} needs calibration inputs")
         model, path = _load_for_library(ctx, self.opset)
         nodes, skipped = _quantizable(model, ("Conv", "MatMul", "Gemm"), self.config["skip"],
-                                      self.config["concat_fed"], self.config.get("outer_convs", True))
+                                      self.config["concat_fed"], self.config.get("outer_convs", True),
+                                      self.config.get("attn_proj", False))
         if not nodes:
             raise EdgegenError(f"{ctx.component}: nothing for {self.name} to quantize")
         method = {"percentile": CalibrationMethod.Percentile, "entropy": CalibrationMethod.Entropy,
@@ -157,7 +170,7 @@ class Int8Static(_StaticQDQ):
     thresholds = Thresholds(cosine=0.9, rel_err=0.45, psnr=18.0, ssim=0.7)
     # outer_convs=False keeps the U-Net's full-resolution resnet convs float (see _outer_convs).
     defaults = {"method": "percentile", "percentile": 99.999, "per_channel": True, "skip": True,
-                "concat_fed": False, "reduce_range": True, "outer_convs": True}
+                "concat_fed": False, "reduce_range": True, "outer_convs": True, "attn_proj": False}
     help = "int8 static QDQ, calibrated along sampler trajectories (outer_convs=false: full-resolution convs float)"
 
 
