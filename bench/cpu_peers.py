@@ -20,6 +20,9 @@ Per step (the U-Net at batch 2 = CFG or 1 without, 64x64 latent = 512 px, 77 tok
   dynamic and static (--height/--width/--batch);
 - with --int8-nncf, edgegen's `optimize --int8-nncf` (NNCF's int8 on the ONNX graph, the same
   calibration data): on onnxruntime and compiled static for OpenVINO;
+- with --int8-config, further `--pass int8:CONFIG` recipes compiled static for OpenVINO (with
+  --compile-option, under those backend options, e.g. keep_f32=Add+Multiply), and with --tome each
+  also behind token merging;
 - the peer, built here from the same fp32 graph: NNCF int8 (ModelType.TRANSFORMER, calibrated
   on the same sampler-trajectory U-Net inputs edgegen's --int8 gets), dynamic and reshaped
   static, as optimum-intel's users run it.
@@ -249,7 +252,11 @@ def main() -> None:
     ap.add_argument("--no-outer", action="store_true", help="skip the int8:outer_convs=false row")
     ap.add_argument("--int8-config", action="append", default=[], metavar="CONFIG",
                     help="add an int8 recipe (--pass int8:CONFIG, e.g. reduce_range=false,attn_proj=true), per step "
-                         "compiled static for OpenVINO (and on onnxruntime unless --openvino-only); repeatable")
+                         "compiled static for OpenVINO (and on onnxruntime unless --openvino-only); repeatable; with "
+                         "--tome, each also behind token merging")
+    ap.add_argument("--compile-option", action="append", default=[], metavar="K=V",
+                    help="an OpenVINO build option for the --int8-config recipes' compiles (edgegen compile --option, "
+                         "e.g. keep_f32=Add+Multiply); repeatable")
     ap.add_argument("--int8-nncf", action="store_true",
                     help="add edgegen's --int8-nncf artifact (NNCF on the ONNX graph): per step on onnxruntime and "
                          "compiled static for OpenVINO; per image compiled, alone and with deepcache + cfg-cutoff")
@@ -327,23 +334,27 @@ def main() -> None:
                                                             "int8:outer_convs=false", "--components", "unet", "--out",
                                                             str(int8_outer), *CALIB], int8_outer)[0]
     # Further int8 recipes by config: per step, on both runtimes (the choice is per backend).
-    recipes = {}
-    for cfg in ([] if args.per_image_only else args.int8_config):
-        out = work / f"int8-{cfg.replace('=', '').replace(',', '-')}"
-        if prepare(f"optimize int8:{cfg}", ["edgegen", "optimize", str(art), "--pass", f"int8:{cfg}", "--components",
-                                            "unet", "--out", str(out), *CALIB], out)[0]:
-            recipes[cfg] = out
-    # Token merging is a graph pass: fp32 alone (its own cost and error), and before int8 so that
-    # calibration sees the merged activations.
     tomed = {}
     tome_tag = f"-{args.tome.replace('=', '').replace(',', '-')}" if args.tome else ""
-    if args.tome:
-        tome = f"tome:{args.tome}"
+    # With --tome, each recipe also runs behind token merging (calibrated on the merged graph).
+    recipes = {}
+    for cfg in ([] if args.per_image_only else args.int8_config):
+        for merged in ([False, True] if args.tome else [False]):
+            label = cfg + (f" + tome:{args.tome}" if merged else "")
+            out = work / f"int8-{cfg.replace('=', '').replace(',', '-')}{'-tome' + tome_tag if merged else ''}"
+            passes = (["--pass", f"tome:{args.tome}"] if merged else []) + ["--pass", f"int8:{cfg}"]
+            if prepare(f"optimize int8:{label}", ["edgegen", "optimize", str(art), *passes, "--components", "unet",
+                                                  "--out", str(out), *CALIB], out)[0]:
+                recipes[label] = out
+    # Token merging is a graph pass: fp32 alone (its own cost and error), and before int8 so that
+    # calibration sees the merged activations.
+    if args.tome and not (args.openvino_only and args.per_step_only):   # onnxruntime rows (and the images')
         for name, extra in (("fp32 + tome", []), ("int8 + tome", ["--int8"])):
             if name == "fp32 + tome" and args.per_image_only:
                 continue
             out = work / f"{name.replace(' + ', '-')}{tome_tag}"
-            if prepare(f"optimize {name}", ["edgegen", "optimize", str(art), "--pass", tome, *extra, "--components",
+            if prepare(f"optimize {name}", ["edgegen", "optimize", str(art), "--pass", f"tome:{args.tome}", *extra,
+                                            "--components",
                                             "unet", "--out", str(out), *CALIB], out)[0]:
                 tomed[name] = out
     dc, cc = f"deepcache:interval={args.deepcache}", f"cfg-cutoff:ratio={args.cfg_cutoff}"
@@ -388,7 +399,11 @@ def main() -> None:
             plan.append(("openvino on edgegen int8-nncf, static", int8n, static))
         if outer_ok:    # the accurate int8 recipe, on the runtime that wins with AVX512-BF16
             plan.append(("openvino on edgegen int8 outer convs float, static", int8_outer, static))
-        plan += [(f"openvino on edgegen int8:{cfg}, static", out, static) for cfg, out in recipes.items()]
+        # --compile-option: the recipes' compiles take these backend options (e.g. keep_f32=Add+Multiply).
+        opt_args = [a for o in args.compile_option for a in ("--option", o)]
+        opt_tag = "".join(f", {o}" for o in args.compile_option)
+        plan += [(f"openvino on edgegen int8:{cfg}, static{opt_tag}", out, static + opt_args)
+                 for cfg, out in recipes.items()]
     # edgegen's whole pipeline on its own OpenVINO backend: its int8 QDQ graphs, static.
     image_compiles, image_only = {}, set()
     if args.compiled_images and not args.per_step_only:

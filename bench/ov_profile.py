@@ -45,41 +45,6 @@ def layer_times(infos_per_run: list[list]) -> dict:
     return {k: [v[0], v[1] // len(infos_per_run)] for k, v in out.items()}
 
 
-def mark_f32(xml: str, types: set[str]) -> tuple[str, int]:
-    """An IR's XML with OpenVINO's DisablePrecisionConversion on every layer of these types: the CPU
-    plugin then runs them in f32 under a bf16 hint (its Node reads the attribute as "keep original
-    precision"). Written to the XML because OpenVINO's Python API has no setter for that runtime
-    attribute; the IR reader builds it from `<rt_info><attribute name=... value="dynamic:f16"/>`."""
-    import xml.etree.ElementTree as ET
-
-    root = ET.fromstring(xml)
-    n = 0
-    for layer in root.iter("layer"):
-        if layer.get("type") in types:
-            rt = layer.find("rt_info")
-            if rt is None:
-                rt = ET.Element("rt_info")
-                layer.insert(0, rt)
-            ET.SubElement(rt, "attribute", name="DisablePrecisionConversion", version="0", value="dynamic:f16")
-            n += 1
-    return ET.tostring(root, encoding="unicode"), n
-
-
-def _keep_f32(core, model, types: set[str]):
-    import tempfile
-
-    import openvino as ov
-
-    with tempfile.TemporaryDirectory(prefix="ov-f32-") as tmp:
-        xml = Path(tmp) / "model.xml"
-        ov.save_model(model, str(xml), compress_to_fp16=False)
-        text, n = mark_f32(xml.read_text(), types)
-        if not n:
-            sys.exit(f"ov_profile: keep_f32: the graph has no layer of type {', '.join(sorted(types))}")
-        xml.write_text(text)
-        return core.read_model(str(xml))   # the weights are read into memory here
-
-
 def profile(graph: str, f: dict, runs: int, threads: int, precision: str,
             keep_f32: frozenset = frozenset()) -> tuple[dict, np.ndarray, list]:
     import openvino as ov
@@ -88,7 +53,11 @@ def profile(graph: str, f: dict, runs: int, threads: int, precision: str,
     model = core.read_model(graph)
     model.reshape({k: list(v.shape) for k, v in f.items()})
     if keep_f32:
-        model = _keep_f32(core, model, set(keep_f32))
+        from edgegen.runtimes.openvino_backend import keep_f32 as marked
+
+        model, counts = marked(core, model, sorted(keep_f32))
+        if not any(counts.values()):
+            sys.exit(f"ov_profile: keep_f32: the graph has no layer of type {', '.join(sorted(keep_f32))}")
     compiled = core.compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY",
                                                  "INFERENCE_PRECISION_HINT": precision, "PERF_COUNT": True})
     req = compiled.create_infer_request()

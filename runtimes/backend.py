@@ -91,6 +91,10 @@ class Backend:
             return f"the {cls.name} backend needs {cls.library}: pip install 'edgegen[{cls.extra}]'"
         return None
 
+    def check_options(self) -> None:
+        """Refuse, in one line, build options this backend does not take or values it cannot use.
+        Called before any work; backends that take options override it."""
+
     def not_ready(self) -> str | None:
         """Why this backend cannot run on its device here although the library imports (a CPU-only
         build, no such device), or None. Checked before any work."""

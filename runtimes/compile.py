@@ -94,6 +94,7 @@ def compile_artifact(src: str | Path, target: str, out: str | Path, force: bool 
         raise EdgegenError(f"--target {target} is not available here: {why}")
     check_out_path(out, force)
     backend = cls(device=dev_name, precision=precision, options={**(options or {})})
+    backend.check_options()
     why = backend.not_ready()
     if why:
         raise EdgegenError(f"--target {target} is not available here: {why}")
@@ -245,7 +246,8 @@ def compile_command():
     @click.option("--batch", help="Images per call, as --height (the denoiser doubles it under guidance).")
     @click.option("--ov-device", type=click.Choice(["CPU", "GPU", "NPU"]), help="OpenVINO device (default CPU).")
     @click.option("--option", "extra", multiple=True, metavar="K=V",
-                  help="Backend build option (tensorrt: refit, weight_streaming, workspace_gb; cuda: cuda_graph).")
+                  help="Backend build option (tensorrt: refit, weight_streaming, workspace_gb; cuda: cuda_graph; "
+                       "openvino: keep_f32=Add+Multiply).")
     @click.option("--no-gate", is_flag=True, help="Skip the compile gate (results are not recorded).")
     @click.option("--threshold", multiple=True, metavar="METRIC=VALUE", help="Override a gate limit.")
     @click.option("--gate-prompts", type=int, default=2, show_default=True)

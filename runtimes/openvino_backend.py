@@ -7,6 +7,12 @@ written into the compiled artifact and gated there. A static shape profile is ap
 `model.reshape` before compiling (NPUs only take static shapes; on CPU it lets OpenVINO plan
 memory once). A compiled artifact keeps OpenVINO's model cache (CACHE_DIR) next to the IR, in
 a folder named by the cache key.
+
+`keep_f32` (a build option, e.g. "Add+Multiply") keeps those layer types in f32 under a bf16 or
+f16 hint, through OpenVINO's own DisablePrecisionConversion runtime attribute written into the IR.
+Measured on the real-size SD1.5 U-Net (bench/results/ov_profile_sd15_keep_f32.md): most of bf16's
+error is the residual stream's element-wise ops (0.035 relative error, 0.0135 with Add and
+Multiply in f32, at 0.90x the bf16 speed), while MVN, Softmax or MatMul in f32 change nothing.
 """
 from __future__ import annotations
 
@@ -21,6 +27,60 @@ from .shape_profile import is_static
 
 # edgegen's precision names -> OpenVINO's element types for INFERENCE_PRECISION_HINT
 _HINT = {"f32": "f32", "bf16": "bf16", "f16": "f16"}
+OPTIONS = ("keep_f32",)
+
+
+def f32_types(value) -> tuple[str, ...]:
+    """keep_f32's layer types, from "Add+Multiply" (the CLI's form) or a list."""
+    items = value.split("+") if isinstance(value, str) else list(value or ())
+    types = tuple(sorted({str(t).strip() for t in items if str(t).strip()}))
+    bad = [t for t in types if not t.isidentifier() or not t[0].isupper()]
+    if not types or bad:
+        raise EdgegenError(f"openvino: keep_f32 takes OpenVINO layer types joined by '+' (e.g. Add+Multiply), "
+                           f"not {value!r}")
+    return types
+
+
+def mark_f32(xml: str, types) -> tuple[str, dict[str, int]]:
+    """An IR's XML with DisablePrecisionConversion on every layer of these types, and the count
+    marked per type. Written to the XML because OpenVINO's Python API has no setter for that
+    runtime attribute; the IR reader builds it from `<rt_info><attribute name=... value=.../>`,
+    and the CPU plugin then keeps the node's original (f32) precision under a bf16/f16 hint."""
+    import xml.etree.ElementTree as ET
+
+    root = ET.fromstring(xml)
+    counts = dict.fromkeys(types, 0)
+    for layer in root.iter("layer"):
+        if layer.get("type") in counts:
+            rt = layer.find("rt_info")
+            if rt is None:
+                rt = ET.Element("rt_info")
+                layer.insert(0, rt)
+            ET.SubElement(rt, "attribute", name="DisablePrecisionConversion", version="0", value="dynamic:f16")
+            counts[layer.get("type")] += 1
+    return ET.tostring(root, encoding="unicode"), counts
+
+
+def save_marked(model, xml: Path, types) -> dict[str, int]:
+    """Save `model` as an IR at `xml` with `types` kept f32 (none: saved as it is)."""
+    import openvino as ov
+
+    # The IR keeps the graph's own weights (no fp16 compression): precision is the hint's job.
+    ov.save_model(model, str(xml), compress_to_fp16=False)
+    if not types:
+        return {}
+    text, counts = mark_f32(xml.read_text(), types)
+    xml.write_text(text)
+    return counts
+
+
+def keep_f32(core, model, types) -> tuple[object, dict[str, int]]:
+    """`model` re-read with `types` kept f32 (through a temporary IR; its weights end in memory)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="edgegen-ov-f32-") as tmp:
+        counts = save_marked(model, Path(tmp) / "model.xml", types)
+        return core.read_model(str(Path(tmp) / "model.xml")), counts
 
 
 class OvComponent:
@@ -42,6 +102,19 @@ class OpenVinoBackend(Backend):
     extra = "openvino"
     devices = ("CPU", "GPU", "NPU")
     precisions = ("f32", "bf16", "f16")
+
+    def check_options(self) -> None:
+        unknown = sorted(set(self.options) - set(OPTIONS))
+        if unknown:
+            raise EdgegenError(f"openvino has no build option {unknown[0]!r}; known: {', '.join(OPTIONS)}")
+        if "keep_f32" in self.options:
+            self.options["keep_f32"] = "+".join(f32_types(self.options["keep_f32"]))
+            if self.resolved_precision() == "f32":
+                raise EdgegenError("openvino: keep_f32 only matters under a bf16 or f16 precision; this compile "
+                                   "computes everything in f32 already")
+
+    def _f32_types(self) -> tuple[str, ...]:
+        return f32_types(self.options["keep_f32"]) if self.options.get("keep_f32") else ()
 
     def resolved_precision(self) -> str:
         if self.precision:
@@ -96,12 +169,10 @@ class OpenVinoBackend(Backend):
         return model
 
     def build(self, spec: ComponentSpec, out_dir: Path, cache_key: str) -> Built:
-        import openvino as ov
-
         out_dir.mkdir(parents=True, exist_ok=True)
         model = self._model(spec, spec.graph)
-        # The IR keeps the graph's own weights (no fp16 compression): precision is the hint's job.
-        ov.save_model(model, str(out_dir / "model.xml"), compress_to_fp16=False)
+        counts = save_marked(model, out_dir / "model.xml", self._f32_types())
+        del model
         cache = out_dir / f"ov-cache-{cache_key}"
         cache.mkdir()
         # Compiling once with CACHE_DIR writes the blob the runtime imports instead of recompiling.
@@ -109,13 +180,17 @@ class OpenVinoBackend(Backend):
                                                          self.device, self._config(cache)))
         files = sorted(p for p in out_dir.rglob("*") if p.is_file())
         return Built(graph="model.xml", files=[str(p.relative_to(out_dir)) for p in files],
-                     info={"ir": "model.xml", "cache_dir": cache.name})
+                     info={"ir": "model.xml", "cache_dir": cache.name,
+                           **({"f32_layers": counts} if counts else {})})
 
     def load(self, spec: ComponentSpec):
         cache = None
         if spec.compiled and spec.compiled.get("cache_dir"):
             cache = spec.graph.parent / spec.compiled["cache_dir"]
         model = self._model(spec, spec.graph)
+        if self._f32_types() and spec.graph.suffix != ".xml":
+            # An uncompiled graph: mark it now (a compiled IR carries its marks).
+            model, _ = keep_f32(self._core(), model, self._f32_types())
         try:
             compiled = self._core().compile_model(model, self.device, self._config(cache))
         except RuntimeError as e:

@@ -99,6 +99,27 @@ def test_static_profile_reshapes_and_refuses_other_sizes(tiny_export, tmp_path):
         pipe("a fox", steps=2, height=128, width=128)
 
 
+def test_keep_f32_compiles_the_residual_stream_in_f32_and_is_closer_to_onnxruntime(tiny_export, tmp_path):
+    """keep_f32=Add+Multiply under bf16: the marks land in the compiled IR (the runtime reads them
+    back from it), the manifest counts them, and the image is closer to onnxruntime's f32 one."""
+    if not cpu_has_bf16():
+        pytest.skip("this CPU has no AVX512-BF16 or AMX: OpenVINO computes in f32 here, nothing to keep in f32")
+    src, _ = tiny_export("sd15")
+    size = ("--height", 64, "--width", 64, "--batch", 1)
+    plain = compile_ok(src, tmp_path / "bf16", "--target", "openvino", "--precision", "bf16", *size)
+    kept = compile_ok(src, tmp_path / "kept", "--target", "openvino", "--precision", "bf16", *size,
+                      "--option", "keep_f32=Multiply+Add")
+    assert kept["target"]["options"]["keep_f32"] == "Add+Multiply"
+    unet = kept["components"]["unet"]["compiled"]
+    assert unet["f32_layers"]["Add"] > 10 and unet["f32_layers"]["Multiply"] > 0
+    assert "f32_layers" not in plain["components"]["unet"]["compiled"]
+    xml = (tmp_path / "kept" / "unet" / "model.xml").read_text()
+    assert xml.count("DisablePrecisionConversion") == sum(unet["f32_layers"].values())
+    ref = Pipeline.load(src)("a red fox", steps=2, seed=3, height=64, width=64)
+    got = {n: Pipeline.load(tmp_path / n)("a red fox", steps=2, seed=3, height=64, width=64) for n in ("bf16", "kept")}
+    assert psnr(ref, got["kept"]) > psnr(ref, got["bf16"])
+
+
 def test_static_cpu_compile_pins_the_sessions_dims(tiny_export, tmp_path):
     """A static profile reaches onnxruntime as free-dimension overrides: the session's inputs are
     concrete, so ORT folds the shape chains (on the CUDA EP those stay on the CPU and block graphs)."""
@@ -131,6 +152,9 @@ def _nothing_written(tmp_path, name="out"):
     (("--target", "tensorrt", "--device", "rtx4060"), ("tensorrt", "pip install 'edgegen[tensorrt]'")),
     (("--target", "openvino", "--precision", "f8"), ("precision 'f8'",)),
     (("--target", "openvino", "--threshold", "speed=1"), ("unknown gate metric 'speed'",)),
+    (("--target", "openvino", "--option", "keep_fp32=Add"), ("no build option 'keep_fp32'", "keep_f32")),
+    (("--target", "openvino", "--option", "keep_f32=add+1x"), ("keep_f32 takes OpenVINO layer types", "add+1x")),
+    (("--target", "openvino", "--precision", "f32", "--option", "keep_f32=Add"), ("keep_f32 only matters", "f32")),
 ])
 def test_bad_compile_requests(tiny_export, tmp_path, args, fragments):
     src, _ = tiny_export("sd15")
