@@ -42,22 +42,33 @@ def f32_types(value) -> tuple[str, ...]:
 
 
 def mark_f32(xml: str, types) -> tuple[str, dict[str, int]]:
-    """An IR's XML with DisablePrecisionConversion on every layer of these types, and the count
-    marked per type. Written to the XML because OpenVINO's Python API has no setter for that
-    runtime attribute; the IR reader builds it from `<rt_info><attribute name=... value=.../>`,
-    and the CPU plugin then keeps the node's original (f32) precision under a bf16/f16 hint."""
+    """An IR's XML with DisablePrecisionConversion on every floating-point layer of these types,
+    and the count marked per type. Written to the XML because OpenVINO's Python API has no setter
+    for that runtime attribute; the IR reader builds it from `<rt_info><attribute .../>`, and the
+    CPU plugin then keeps the node's original (f32) precision under a bf16/f16 hint.
+
+    Left unmarked: integer layers (shape arithmetic) and layers that feed a FakeQuantize (an int8
+    Q/DQ pair as OpenVINO reads it). Their output is rounded to 8 bits next, so f32 buys nothing
+    there, and OpenVINO 2026.4 cannot compile it: a marked residual Add feeding the int8
+    downsampler of the real-size SD1.5 U-Net failed with "object is not initialized" (bisected)."""
     import xml.etree.ElementTree as ET
 
     root = ET.fromstring(xml)
+    layers = {layer.get("id"): layer for layer in root.iter("layer")}
+    feeds_fq = {e.get("from-layer") for e in root.iter("edge")
+                if layers.get(e.get("to-layer")) is not None and layers[e.get("to-layer")].get("type") == "FakeQuantize"}
     counts = dict.fromkeys(types, 0)
-    for layer in root.iter("layer"):
-        if layer.get("type") in counts:
-            rt = layer.find("rt_info")
-            if rt is None:
-                rt = ET.Element("rt_info")
-                layer.insert(0, rt)
-            ET.SubElement(rt, "attribute", name="DisablePrecisionConversion", version="0", value="dynamic:f16")
-            counts[layer.get("type")] += 1
+    for lid, layer in layers.items():
+        if layer.get("type") not in counts or lid in feeds_fq:
+            continue
+        if {p.get("precision") for p in layer.findall("output/port")} - {"FP32", "FP16", "BF16"}:
+            continue
+        rt = layer.find("rt_info")
+        if rt is None:
+            rt = ET.Element("rt_info")
+            layer.insert(0, rt)
+        ET.SubElement(rt, "attribute", name="DisablePrecisionConversion", version="0", value="dynamic:f16")
+        counts[layer.get("type")] += 1
     return ET.tostring(root, encoding="unicode"), counts
 
 

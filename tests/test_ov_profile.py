@@ -82,6 +82,26 @@ def test_mark_f32_adds_the_attribute_to_the_chosen_layer_types_only():
     assert layers["m"].find("rt_info/attribute").get("value") == "dynamic:f16"
 
 
+def test_mark_f32_leaves_integer_layers_and_those_feeding_a_fake_quantize_alone():
+    """Shape arithmetic is integer, and a layer whose output OpenVINO rounds to int8 next gains
+    nothing from f32 (OpenVINO 2026.4 fails to compile a marked residual Add feeding an int8 conv)."""
+    from edgegen.runtimes.openvino_backend import mark_f32
+
+    port = '<output><port id="1" precision="{}"/></output>'
+    xml = ('<net><layers>'
+           f'<layer id="0" name="res" type="Add" version="opset1">{port.format("FP32")}</layer>'
+           f'<layer id="1" name="fq" type="FakeQuantize" version="opset1">{port.format("FP32")}</layer>'
+           f'<layer id="2" name="shape" type="Add" version="opset1">{port.format("I64")}</layer>'
+           f'<layer id="3" name="kept" type="Add" version="opset1">{port.format("FP32")}</layer>'
+           '</layers><edges><edge from-layer="0" from-port="1" to-layer="1" to-port="0"/>'
+           '<edge from-layer="3" from-port="1" to-layer="0" to-port="0"/></edges></net>')
+    out, n = mark_f32(xml, ("Add",))
+    import xml.etree.ElementTree as ET
+
+    marked = {l.get("name") for l in ET.fromstring(out).iter("layer") if l.find("rt_info") is not None}
+    assert n == {"Add": 1} and marked == {"kept"}
+
+
 def test_keep_f32_runs_the_marked_layers_in_f32_under_a_bf16_hint(tmp_path):
     pytest.importorskip("openvino", reason="openvino is not installed (pip install -e '.[openvino]')")
     from edgegen.runtimes.host import cpu_has_bf16
