@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import shlex
 import subprocess
 import sys
 import time
@@ -94,7 +95,7 @@ def main() -> None:
             sys.exit(f"int8_recipes: {kind} on {graph} failed: {p.stderr.strip().splitlines()[-1:]}")
         return json.loads(p.stdout.strip().splitlines()[-1])
 
-    result = {"command": " ".join(["python bench/int8_recipes.py", *sys.argv[1:]]), "machine": describe(),
+    result = {"command": shlex.join(["python", "bench/int8_recipes.py", *sys.argv[1:]]), "machine": describe(),
               "cpu_flags": sorted(cpu_flags() & set(ISA_FLAGS)), "rows": {}}
     ref = args.work / "fp32.npy"
     child("ort", args.fp32 / "unet" / "model.onnx", ref)
