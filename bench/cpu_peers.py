@@ -354,8 +354,7 @@ def main() -> None:
                 continue
             out = work / f"{name.replace(' + ', '-')}{tome_tag}"
             if prepare(f"optimize {name}", ["edgegen", "optimize", str(art), "--pass", f"tome:{args.tome}", *extra,
-                                            "--components",
-                                            "unet", "--out", str(out), *CALIB], out)[0]:
+                                            "--components", "unet", "--out", str(out), *CALIB], out)[0]:
                 tomed[name] = out
     dc, cc = f"deepcache:interval={args.deepcache}", f"cfg-cutoff:ratio={args.cfg_cutoff}"
     opts = {} if args.per_step_only else {

@@ -3,7 +3,7 @@ relative error against the fp32 U-Net on onnxruntime (and, with --openvino, on O
 plugin compiled static at its default precision, optionally with the element-wise ops kept f32).
 
     python bench/int8_recipes.py FP32_ARTIFACT --config "" --config percentile=99.99 \\
-        [--openvino [--keep-f32 Add,Multiply]] --work build/recipes [--record int8_recipes_sd15]
+        [--openvino [--keep-f32 Add+Multiply]] --work build/recipes [--record int8_recipes_sd15]
 
 Why a bench of its own: cpu_peers.py races recipes for speed, and each of its OpenVINO compiles
 runs a 512 px gate (minutes); choosing a calibration setting needs only the error, and one
@@ -51,6 +51,7 @@ def run_child(kind: str, graph: str, fp32: Path, latent: int, threads: int, npy:
     else:
         import openvino as ov
 
+        from edgegen.runtimes.openvino_backend import f32_types
         from edgegen.runtimes.openvino_backend import keep_f32 as keep_f32_types
 
         core = ov.Core()
@@ -58,7 +59,7 @@ def run_child(kind: str, graph: str, fp32: Path, latent: int, threads: int, npy:
         model.reshape({k: list(v.shape) for k, v in f.items()})
         marked = {}
         if keep_f32:
-            model, marked = keep_f32_types(core, model, keep_f32.split(","))
+            model, marked = keep_f32_types(core, model, f32_types(keep_f32))
         compiled = core.compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"})
         out = np.array(compiled.create_infer_request().infer(f)[compiled.output(0)], copy=True)
         info = {"runtime": "openvino", "precision": compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name(),
@@ -74,7 +75,7 @@ def main() -> None:
     ap.add_argument("--latent", type=int, default=64)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--openvino", action="store_true", help="also run each graph on OpenVINO (static, its default precision)")
-    ap.add_argument("--keep-f32", default="", help="with --openvino: layer types OpenVINO keeps f32 (e.g. Add,Multiply)")
+    ap.add_argument("--keep-f32", default="", help="with --openvino: layer types OpenVINO keeps f32 (e.g. Add+Multiply, as compile's keep_f32)")
     ap.add_argument("--work", type=Path, required=True, help="the int8 artifacts go here (reused when present)")
     ap.add_argument("--record")
     ap.add_argument("--child", nargs=3, metavar=("KIND", "GRAPH", "NPY"), help=argparse.SUPPRESS)
@@ -109,18 +110,19 @@ def main() -> None:
         out = args.work / _slug(config)
         cmd = ["edgegen", "optimize", str(args.fp32), "--pass", f"int8:{config}" if config else "int8",
                "--components", "unet", "--out", str(out), *CALIB, "--no-gate"]
-        row = {"config": config or "(defaults)", "command": " ".join(cmd)}
+        name = config or "(defaults)"
+        row = {"config": name, "command": " ".join(cmd)}
         if not (out / "manifest.json").is_file():
             t0 = time.perf_counter()
             p = subprocess.run(cmd, capture_output=True, text=True)
             if p.returncode:
                 sys.exit(f"int8_recipes: {' '.join(cmd)} failed: {p.stderr.strip().splitlines()[-1:]}")
             row["quantize_seconds"] = round(time.perf_counter() - t0, 1)
-        result["rows"][config or "(defaults)"] = row
-        graphs.append((config or "(defaults)", out))
+        result["rows"][name] = row
+        graphs.append((name, out))
         npy = out / "ort.npy"
         row["ort"] = {**child("ort", out / "unet" / "model.onnx", npy), "rel_err": rel(npy)}
-        print(row["config"], json.dumps(row["ort"]), flush=True)
+        print(name, json.dumps(row["ort"]), flush=True)
     if args.openvino:
         for name, art in graphs:
             npy = args.work / f"ov-{_slug(name)}.npy"
