@@ -88,7 +88,10 @@ def step_child(kind: str, path: str, art: Path, npy: Path, threads: int, repeats
         f = feeds(art, latent, batch)
         t = {k: torch.from_numpy(v) for k, v in f.items()}
         with torch.inference_mode():
-            run = lambda: unet(t["sample"], t["timestep"], t["encoder_hidden_states"]).sample.numpy()  # noqa: E731
+            # SDXL's micro-conditioning inputs, where the U-Net has them.
+            added = {k: t[k] for k in ("text_embeds", "time_ids") if k in t} or None
+            run = lambda: unet(t["sample"], t["timestep"], t["encoder_hidden_states"],  # noqa: E731
+                               added_cond_kwargs=added).sample.numpy()
             res = time_fn(run, repeats)
             np.save(npy, run())
         return {**res, "backend": "pytorch eager", "precision": "f32"}
@@ -134,12 +137,30 @@ def step_child(kind: str, path: str, art: Path, npy: Path, threads: int, repeats
     return {**res, **info}
 
 
-def nncf_int8(art: Path, out_xml: Path, say, component: str = "unet") -> dict:
+def _weighted_matmuls(model) -> list[str]:
+    """Names of the MatMuls with a constant operand (through Convert/Transpose/Reshape), the
+    layers optimum-intel's hybrid scheme compresses weight-only."""
+    def const(node):
+        while node.get_type_name() in ("Convert", "Transpose", "Reshape"):
+            node = node.input_value(0).get_node()
+        return node.get_type_name() == "Constant"
+    return [op.get_friendly_name() for op in model.get_ops() if op.get_type_name() == "MatMul"
+            and any(const(op.input_value(i).get_node()) for i in (0, 1))]
+
+
+def nncf_int8(art: Path, out_xml: Path, say, component: str = "unet", recipe: str = "transformer") -> dict:
     """The peer's recipe on the same calibration data edgegen's --int8 gets. The U-Net is a
-    transformer-style model to NNCF (its attention MatMuls quantized, SmoothQuant); the VAE
-    decoder is a plain CNN (NNCF's default preset)."""
+    transformer-style model to NNCF (its attention MatMuls quantized); the VAE decoder is a plain
+    CNN (NNCF's default preset). recipe "transformer": nncf.quantize with SmoothQuant on the whole
+    U-Net. recipe "hybrid": optimum-intel's scheme for diffusion models
+    (OVWeightQuantizationConfig(bits=8, quant_method="hybrid")): int8 weight-only compression of
+    the MatMuls with weights, then nncf.quantize of everything else (the convolutions, attention's
+    activation MatMuls) without SmoothQuant. It is the recipe that fits SDXL's U-Net in 24 GB: the
+    full recipe's statistics and SmoothQuant need about 3x the fp32 weights (10.6 GB for SD-Turbo's
+    3.3 GB U-Net)."""
     import nncf
     import openvino as ov
+    from nncf.quantization.advanced_parameters import AdvancedSmoothQuantParameters
 
     from edgegen.optimize.calibrate import collect
     from edgegen.runtimes.artifact import load_artifact
@@ -148,11 +169,20 @@ def nncf_int8(art: Path, out_xml: Path, say, component: str = "unet") -> dict:
     t0 = time.time()
     traj = collect(a, 2, 1, steps=4, size=256, say=say)
     data = traj.calibration[component]
+    del traj
     model = ov.Core().read_model(str(a.graph_path(component)))
     kind = {"model_type": nncf.ModelType.TRANSFORMER} if component == "unet" else {}
+    if component == "unet" and recipe == "hybrid":
+        names = _weighted_matmuls(model)
+        model = nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_ASYM,
+                                      ignored_scope=nncf.IgnoredScope(types=["Convolution"]))
+        kind.update(ignored_scope=nncf.IgnoredScope(names=names, validate=False),
+                    advanced_parameters=nncf.AdvancedQuantizationParameters(
+                        smooth_quant_alphas=AdvancedSmoothQuantParameters(convolution=-1, matmul=-1)))
     q = nncf.quantize(model, nncf.Dataset(data), subset_size=len(data), **kind)
+    del model
     ov.save_model(q, str(out_xml), compress_to_fp16=False)
-    return {"samples": len(data), "seconds": round(time.time() - t0, 1)}
+    return {"samples": len(data), "seconds": round(time.time() - t0, 1), "recipe": recipe if component == "unet" else "default"}
 
 
 def cfg_rows(art: Path, guidance: float) -> int:
@@ -268,6 +298,10 @@ def main() -> None:
     ap.add_argument("--work", help="keep prepared artifacts in this folder (default: a temporary one, removed)")
     ap.add_argument("--step-child", nargs=3, metavar=("KIND", "PATH", "NPY"), help=argparse.SUPPRESS)
     ap.add_argument("--image-child", nargs=4, metavar=("KIND", "PATH", "NPY", "NNCF"), help=argparse.SUPPRESS)
+    ap.add_argument("--peer", choices=("transformer", "hybrid"), default="transformer",
+                    help="the NNCF peer's U-Net recipe: nncf.quantize with the TRANSFORMER preset and SmoothQuant "
+                         "(default), or optimum-intel's hybrid scheme for diffusion models (int8 weight-only MatMuls, "
+                         "int8 convolutions and attention; the one that quantizes SDXL's U-Net in 24 GB)")
     ap.add_argument("--nncf", nargs=2, metavar=("COMPONENT", "OUT_XML"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.step_child:
@@ -281,7 +315,7 @@ def main() -> None:
                                      xml)))
         return
     if args.nncf:
-        print(json.dumps(nncf_int8(Path(args.artifact), Path(args.nncf[1]), lambda m: None, args.nncf[0])))
+        print(json.dumps(nncf_int8(Path(args.artifact), Path(args.nncf[1]), lambda m: None, args.nncf[0], args.peer)))
         return
     # Without the peer the race has no ratio to report: refuse before any preparation.
     missing = [m for m in ("openvino", "nncf") if importlib.util.find_spec(m) is None]
@@ -292,7 +326,7 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     flags = sorted(cpu_flags() & set(ISA_FLAGS))
     result = {"command": " ".join(["python bench/cpu_peers.py", *sys.argv[1:]]), "machine": describe(),
-              "cpu_flags": flags, "threads": args.threads, "prepare": {},
+              "cpu_flags": flags, "threads": args.threads, "peer_recipe": args.peer, "prepare": {},
               "per_step": {}, "per_image": {}}
     art = Path(args.artifact) if args.artifact else work / "sd15"
 
@@ -427,14 +461,15 @@ def main() -> None:
                                             "--steps", "2", "--gate-prompts", "1", *extra], out)
         if ok:
             compiled[name] = out
-    nncf_xml = work / "nncf" / "unet.xml"
+    nncf_xml = work / ("nncf" if args.peer == "transformer" else f"nncf-{args.peer}") / "unet.xml"
     nncf_xml.parent.mkdir(exist_ok=True)
 
     def nncf(component: str, label: str) -> bool:
         xml = nncf_xml.with_name(f"{component}.xml")
         if xml.is_file():
             return True
-        ok, text = prepare(label, [sys.executable, __file__, "--artifact", str(art), "--nncf", component, str(xml)])
+        ok, text = prepare(label, [sys.executable, __file__, "--artifact", str(art), "--peer", args.peer,
+                                   "--nncf", component, str(xml)])
         if ok:
             result["prepare"][label].update(json.loads(text.strip().splitlines()[-1]))
         return ok
@@ -583,7 +618,11 @@ def report(result: dict, args) -> str:
     notes = sorted({e["quality"] for e in result["per_image"].values() if "quality" in e})
     lines += [f"Rows with tiny-vae: {n}." for n in notes]
     lines += [f"Not raced: {k} ({why})." for k, why in result.get("options_not_raced", {}).items()]
-    lines += ["", f"CPU flags: {' '.join(result['cpu_flags'])}. Threads: {result['threads']}. Weights are seeded random "
+    recipe = {"transformer": "nncf.quantize, TRANSFORMER preset with SmoothQuant",
+              "hybrid": "optimum-intel's hybrid scheme: int8 weight-only MatMuls, nncf.quantize of the rest without "
+                        "SmoothQuant"}[result.get("peer_recipe", "transformer")]
+    lines += ["", f"The peer's U-Net: {recipe}; calibrated on the same sampler-trajectory inputs as edgegen's int8.",
+              f"CPU flags: {' '.join(result['cpu_flags'])}. Threads: {result['threads']}. Weights are seeded random "
               "(real architecture): time and memory do not depend on weight values; errors and PSNR compare variants "
               "on the same random weights, weak evidence for a trained checkpoint's quality.",
               "Preparation: " + "; ".join(f"{k} {v['wall_seconds']} s" if "wall_seconds" in v else f"{k} reused"

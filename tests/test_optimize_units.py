@@ -387,3 +387,51 @@ def test_int8_attn_proj_quantizes_the_transformer_blocks_proj_in_out_only():
     assert proj <= set(skipped) and "/model/conv_in/Conv" in skipped
     kept2, skipped2 = _quantizable(m, ("Conv",), skip=True, attn_proj=True)
     assert set(skipped2) == set(skipped) - proj and proj <= set(kept2)
+
+
+@pytest.mark.parametrize("method", ["percentile", "entropy", "minmax", "distribution"])
+def test_lean_ranges_equal_the_librarys_calibrator(tmp_path, method):
+    """optimize/ranges.py builds onnxruntime's calibrator itself (to drop its copy of the weights
+    before the session loads): its ranges must be create_calibrator's, method by method, on a
+    model whose weights lie in external data as a big model's do."""
+    from onnxruntime.quantization import CalibrationMethod, create_calibrator
+    from onnxruntime.quantization.calibrate import load_tensors_data
+
+    from edgegen.optimize.calibrate import FeedReader
+    from edgegen.optimize.ranges import compute_ranges, drop_weights
+
+    rng = np.random.default_rng(0)
+    w1 = numpy_helper.from_array(rng.normal(size=(8, 3, 3, 3)).astype(np.float32), "w1")
+    w2 = numpy_helper.from_array(rng.normal(size=(8, 5)).astype(np.float32), "w2")
+    g = h.make_graph([h.make_node("Conv", ["x", "w1"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+                      h.make_node("Relu", ["c"], ["r"], name="relu"),
+                      h.make_node("Transpose", ["r"], ["t"], name="tr", perm=[0, 2, 3, 1]),
+                      h.make_node("MatMul", ["t", "w2"], ["y"], name="mm")], "g",
+                     [h.make_tensor_value_info("x", T.FLOAT, [1, 3, 6, 6])],
+                     [h.make_tensor_value_info("y", T.FLOAT, [1, 6, 6, 5])], [w1, w2])
+    (tmp_path / "m").mkdir()
+    path = tmp_path / "m" / "model.onnx"
+    onnx.save_model(h.make_model(g, opset_imports=[h.make_opsetid("", 17)]), str(path),
+                    save_as_external_data=True, all_tensors_to_one_file=True, location="model.onnx.data",
+                    size_threshold=0)
+    feeds = [{"x": rng.normal(size=(1, 3, 6, 6)).astype(np.float32) * (i + 1)} for i in range(3)]
+    options = {"percentile": 99.9, "symmetric": True}
+    got = load_tensors_data(compute_ranges(path, FeedReader(feeds), method, ["Conv", "MatMul"], options,
+                                           tmp_path / "ranges.json"))
+    lib_opts = {"percentile": 99.9, "symmetric": True} if method != "distribution" else {}
+    lib = create_calibrator(path, ["Conv", "MatMul"], str(tmp_path / "aug.onnx"),
+                            getattr(CalibrationMethod, {"minmax": "MinMax"}.get(method, method.title())),
+                            use_external_data_format=True, extra_options=lib_opts)
+    reader = FeedReader(feeds)
+    for i in range(len(feeds)):
+        reader.set_range(i, i + 1)
+        lib.collect_data(reader)
+    want = lib.compute_data()
+    assert set(got.data) == set(want.data) and len(got.data) >= 3
+    for name in want.data:
+        np.testing.assert_allclose(np.asarray(got.data[name].range_value, np.float64),
+                                   np.asarray(want.data[name].range_value, np.float64), rtol=1e-6)
+    # The copy the calibrator no longer needs: nothing of the weights' data is left.
+    m = onnx.load(str(path))
+    drop_weights(m)
+    assert all(not t.raw_data and not t.float_data for t in m.graph.initializer) and len(m.graph.initializer) == 2

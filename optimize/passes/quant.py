@@ -18,9 +18,9 @@ fp32; OpenVINO 2026.4 and ORT 1.32 on an AVX2 CPU; see bench/results/int8_openvi
 - `reduce_range` (7-bit weights, NNCF's "overflow fix"): without VNNI, u8s8/s8s8 dot
   products saturate 16-bit intermediates in both runtimes (ORT 0.155 -> 0.022 on the MatMuls).
 
-Memory: the library loads the model once (one copy of the weights) and, for static
-calibration, runs an augmented copy that outputs every calibrated activation; ORT's
-calibrators keep histograms, not the activations.
+Memory: calibration runs first and alone, with one copy of the weights (optimize/ranges.py);
+the library's calibration cache then hands its ranges to quantize_static, which loads the
+model once more and runs no calibrator. ORT's calibrators keep histograms, not activations.
 """
 from __future__ import annotations
 
@@ -29,6 +29,7 @@ from pathlib import Path
 
 from .. import graph as G
 from ..calibrate import FeedReader
+from ..ranges import compute_ranges
 from ..registry import Pass, PassContext, PassResult, Thresholds, register
 from ...runtimes.errors import EdgegenError
 
@@ -138,24 +139,28 @@ class _StaticQDQ(Pass):
             raise EdgegenError(f"{ctx.component}: nothing for {self.name} to quantize")
         method = {"percentile": CalibrationMethod.Percentile, "entropy": CalibrationMethod.Entropy,
                   "minmax": CalibrationMethod.MinMax, "distribution": CalibrationMethod.Distribution}[self.config["method"]]
-        extra = {"ActivationSymmetric": True, "WeightSymmetric": True,
-                 "CalibPercentile": self.config["percentile"], "CalibTensorRangeSymmetric": True,
-                 # One sample at a time: ORT's calibrators otherwise keep every exposed
-                 # activation of every sample before building their histograms (23 GB
-                 # peak for the SD1.5 UNet on 8 samples); histograms merge across chunks.
-                 "CalibStridedMinMax": 1}
+        extra = {"ActivationSymmetric": True, "WeightSymmetric": True}
         ctx.dst.mkdir(parents=True, exist_ok=True)
         big = _weight_bytes(model) > G.INLINE_LIMIT
         del model
-        with G.quiet():
-            quantize_static(
-                str(path), str(ctx.dst / G.GRAPH), FeedReader(ctx.calibration, ctx.io.input_names),
-                quant_format=QuantFormat.QDQ, op_types_to_quantize=["Conv", "MatMul", "Gemm"],
-                per_channel=self.config["per_channel"], reduce_range=self.config["reduce_range"], activation_type=getattr(QuantType, self.activation),
-                weight_type=getattr(QuantType, self.weight), nodes_to_quantize=nodes,
-                use_external_data_format=big, calibrate_method=method, extra_options=extra,
-                calibration_providers=["CPUExecutionProvider"],
-            )
+        cache = ctx.dst.parent / f"{ctx.dst.name}.ranges.json"
+        try:
+            with G.quiet():
+                # Calibration first, alone, in one copy of the weights (optimize/ranges.py); the
+                # library's calibration cache carries its ranges into quantize_static.
+                compute_ranges(path, FeedReader(ctx.calibration, ctx.io.input_names), self.config["method"],
+                               ["Conv", "MatMul", "Gemm"],
+                               {"percentile": self.config["percentile"], "symmetric": True}, cache)
+                quantize_static(
+                    str(path), str(ctx.dst / G.GRAPH), None,
+                    quant_format=QuantFormat.QDQ, op_types_to_quantize=["Conv", "MatMul", "Gemm"],
+                    per_channel=self.config["per_channel"], reduce_range=self.config["reduce_range"], activation_type=getattr(QuantType, self.activation),
+                    weight_type=getattr(QuantType, self.weight), nodes_to_quantize=nodes,
+                    use_external_data_format=big, calibrate_method=method, extra_options=extra,
+                    calibration_cache_path=str(cache),
+                )
+        finally:
+            cache.unlink(missing_ok=True)
         return PassResult(_files(ctx.dst), precision=self.precision,
                           report={"quantized_nodes": len(nodes), "skipped_nodes": skipped,
                                   "calibration_samples": len(ctx.calibration)})
