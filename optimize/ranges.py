@@ -16,6 +16,8 @@ import gc
 import tempfile
 from pathlib import Path
 
+import onnx
+
 # onnxruntime's calibrator classes and create_calibrator's defaults for each method; the test
 # checks that the ranges equal those of create_calibrator itself on the same data.
 _DEFAULTS = {
@@ -34,13 +36,6 @@ def _calibrator_class(method: str):
             "minmax": C.MinMaxCalibrater, "distribution": C.DistributionCalibrater}[method]
 
 
-def drop_weights(model) -> None:
-    """Clear the initializers' data (their names, types and shapes stay): the graph alone."""
-    for t in model.graph.initializer:
-        for f in ("raw_data", "float_data", "int32_data", "int64_data", "double_data", "uint64_data", "external_data"):
-            t.ClearField(f)
-
-
 def compute_ranges(model_path: Path, reader, method: str, op_types: list[str], options: dict,
                    cache: Path, providers: list[str] | None = None) -> Path:
     """Calibrate `model_path` on `reader` (one sample at a time) and write onnxruntime's
@@ -52,8 +47,12 @@ def compute_ranges(model_path: Path, reader, method: str, op_types: list[str], o
     with tempfile.TemporaryDirectory(prefix="edgegen-calib-", dir=cache.parent) as tmp:
         cal = _calibrator_class(method)(model_path, op_types, str(Path(tmp) / "augmented.onnx"),
                                         use_external_data_format=True, **kwargs)
-        cal.augment_graph()         # saves the augmented model, weights included, for the session
-        drop_weights(cal.model)     # the calibrator reads only its graph from here on
+        cal.augment_graph()     # saves the augmented model, weights included, for the session
+        # The calibrator reads only its graph from here on: swap its copy for the saved graph
+        # without the weights. (Clearing the initializers in place frees nothing: protobuf's upb
+        # backend keeps a message's memory in its arena until the whole message is freed;
+        # measured on SDXL's U-Net, 21.7 GB RSS during calibration that way.)
+        cal.model = onnx.load(str(Path(tmp) / "augmented.onnx"), load_external_data=False)
         gc.collect()
         cal.execution_providers = providers or ["CPUExecutionProvider"]
         cal.create_inference_session()
