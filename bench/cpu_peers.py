@@ -3,6 +3,7 @@
     python bench/cpu_peers.py [--artifact build/sd15-random] [--steps 25] [--threads 2]
                               [--record cpu_peers_sd15]
     python bench/cpu_peers.py --artifact build/sdturbo-random --vae-int8 ...   # 1 step, no CFG
+    python bench/cpu_peers.py --artifact build/sdxlturbo-random --peer hybrid --vae-int8 ...  # SDXL in 24 GB
 
 One run, one machine, every row in its own child process, one at a time; with --rounds N the
 per-step rows run in turn N times over and each keeps its best (and its ratio to the peer in each
@@ -25,7 +26,9 @@ Per step (the U-Net at batch 2 = CFG or 1 without, 64x64 latent = 512 px, 77 tok
   also behind token merging;
 - the peer, built here from the same fp32 graph: NNCF int8 (ModelType.TRANSFORMER, calibrated
   on the same sampler-trajectory U-Net inputs edgegen's --int8 gets), dynamic and reshaped
-  static, as optimum-intel's users run it.
+  static, as optimum-intel's users run it. With --peer hybrid, optimum-intel's hybrid scheme
+  instead (int8 weight-only MatMuls, nncf.quantize of the rest): the full recipe was OOM-killed at
+  23.2 GiB on SDXL's U-Net here.
 
 Per image (--steps at --guidance, 512 px, one prompt, fixed latents; components loaded and
 warmed by a 2-step image first, then one timed generation; text encoder and VAE included):

@@ -431,3 +431,19 @@ def test_lean_ranges_equal_the_librarys_calibrator(tmp_path, method):
     for name in want.data:
         np.testing.assert_allclose(np.asarray(got.data[name].range_value, np.float64),
                                    np.asarray(want.data[name].range_value, np.float64), rtol=1e-6)
+    if method == "percentile":
+        # The whole pass: quantize_static from the cache equals quantize_static in one call.
+        from onnxruntime.quantization import QuantFormat, quantize_static
+
+        common = dict(quant_format=QuantFormat.QDQ, op_types_to_quantize=["Conv", "MatMul"], per_channel=True,
+                      calibrate_method=CalibrationMethod.Percentile,
+                      extra_options={"ActivationSymmetric": True, "WeightSymmetric": True})
+        quantize_static(str(path), str(tmp_path / "cached.onnx"), None, calibration_cache_path=str(tmp_path / "ranges.json"),
+                        **common)
+        reader.rewind()
+        common["extra_options"].update({"CalibPercentile": 99.9, "CalibTensorRangeSymmetric": True, "CalibStridedMinMax": 1})
+        quantize_static(str(path), str(tmp_path / "one_call.onnx"), reader, **common)
+        a, b = onnx.load(str(tmp_path / "cached.onnx")), onnx.load(str(tmp_path / "one_call.onnx"))
+        assert len(a.graph.node) == len(b.graph.node) > 4
+        assert {t.name: t.SerializeToString() for t in a.graph.initializer} == \
+               {t.name: t.SerializeToString() for t in b.graph.initializer}
