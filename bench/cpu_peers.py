@@ -159,8 +159,8 @@ def nncf_int8(art: Path, out_xml: Path, say, component: str = "unet", recipe: st
     (OVWeightQuantizationConfig(bits=8, quant_method="hybrid")): int8 weight-only compression of
     the MatMuls with weights, then nncf.quantize of everything else (the convolutions, attention's
     activation MatMuls) without SmoothQuant. It is the recipe that fits SDXL's U-Net in 24 GB: the
-    full recipe's statistics and SmoothQuant need about 3x the fp32 weights (10.6 GB for SD-Turbo's
-    3.3 GB U-Net)."""
+    full recipe was OOM-killed at 23.2 GiB after SmoothQuant, the hybrid one peaks at 16.5 GiB
+    (bench/results/quantize_sdxl_int8_memory.md)."""
     import nncf
     import openvino as ov
     from nncf.quantization.advanced_parameters import AdvancedSmoothQuantParameters
