@@ -77,6 +77,10 @@ PROMPT = "a photo of an astronaut riding a horse on the moon"
 PEER = "openvino + nncf int8, static (peer)"
 PEER_VAE = "openvino + nncf int8, static, VAE decoder int8 too (peer)"
 TINY_VAE = "tiny-vae:weights=random"
+# --peer: the NNCF peer's U-Net recipe (nncf_int8), as the report names it.
+PEER_RECIPES = {"transformer": "nncf.quantize, TRANSFORMER preset with SmoothQuant",
+                "hybrid": "optimum-intel's hybrid scheme: int8 weight-only MatMuls, nncf.quantize of the rest without "
+                          "SmoothQuant"}
 
 
 def step_child(kind: str, path: str, art: Path, npy: Path, threads: int, repeats: int, latent: int, batch: int) -> dict:
@@ -301,7 +305,7 @@ def main() -> None:
     ap.add_argument("--work", help="keep prepared artifacts in this folder (default: a temporary one, removed)")
     ap.add_argument("--step-child", nargs=3, metavar=("KIND", "PATH", "NPY"), help=argparse.SUPPRESS)
     ap.add_argument("--image-child", nargs=4, metavar=("KIND", "PATH", "NPY", "NNCF"), help=argparse.SUPPRESS)
-    ap.add_argument("--peer", choices=("transformer", "hybrid"), default="transformer",
+    ap.add_argument("--peer", choices=tuple(PEER_RECIPES), default="transformer",
                     help="the NNCF peer's U-Net recipe: nncf.quantize with the TRANSFORMER preset and SmoothQuant "
                          "(default), or optimum-intel's hybrid scheme for diffusion models (int8 weight-only MatMuls, "
                          "int8 convolutions and attention; the one that quantizes SDXL's U-Net in 24 GB)")
@@ -621,9 +625,7 @@ def report(result: dict, args) -> str:
     notes = sorted({e["quality"] for e in result["per_image"].values() if "quality" in e})
     lines += [f"Rows with tiny-vae: {n}." for n in notes]
     lines += [f"Not raced: {k} ({why})." for k, why in result.get("options_not_raced", {}).items()]
-    recipe = {"transformer": "nncf.quantize, TRANSFORMER preset with SmoothQuant",
-              "hybrid": "optimum-intel's hybrid scheme: int8 weight-only MatMuls, nncf.quantize of the rest without "
-                        "SmoothQuant"}[result.get("peer_recipe", "transformer")]
+    recipe = PEER_RECIPES[result.get("peer_recipe", "transformer")]
     lines += ["", f"The peer's U-Net: {recipe}; calibrated on the same sampler-trajectory inputs as edgegen's int8.",
               f"CPU flags: {' '.join(result['cpu_flags'])}. Threads: {result['threads']}. Weights are seeded random "
               "(real architecture): time and memory do not depend on weight values; errors and PSNR compare variants "

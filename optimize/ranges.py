@@ -2,13 +2,13 @@
 
 onnxruntime.quantization's `quantize_static` holds three copies of a model's weights at its
 peak: the model it loads first (kept through calibration, for the quantizer), the calibrator's
-own copy (kept while its session runs) and the session's. Measured on the real-size SD1.5
-U-Net (3.4 GB of fp32 weights): about 12 GB peak, so SDXL's 10.3 GB U-Net would need more than
-30 GB. Here calibration runs alone first, with the calibrator's copy dropped once it has saved
-the augmented model its session loads (it needs only the graph after that), and the library's
-calibration cache hands the ranges to `quantize_static`, which then loads the model once and
-runs no calibrator. The calibrators, their histograms and range computation are the
-library's; what this file adds is the order and the dropped copy.
+own copy (kept while its session runs) and the session's: 10.77 GiB for SD-Turbo's 3.3 GB U-Net
+(bench/results/cpu_peers_sdturbo.json), so about 33 for SDXL's 10.3 GB U-Net. Here calibration
+runs alone first, with the calibrator's copy dropped once it has saved the augmented model its
+session loads (it needs only the graph after that), and the library's calibration cache hands
+the ranges to `quantize_static`, which then loads the model once and runs no calibrator. The
+calibrators, their histograms and range computation are the library's; what this file adds is
+the order and the dropped copy.
 """
 from __future__ import annotations
 
@@ -18,9 +18,9 @@ from pathlib import Path
 
 import onnx
 
-# onnxruntime's calibrator classes and create_calibrator's defaults for each method; the test
-# checks that the ranges equal those of create_calibrator itself on the same data.
-_DEFAULTS = {
+# create_calibrator's defaults for each method (the test checks that the ranges equal those of
+# create_calibrator itself on the same data); its keys are the methods a pass config may name.
+METHODS = {
     "percentile": {"num_bins": 2048, "percentile": 99.999, "symmetric": True},
     "entropy": {"num_bins": 128, "num_quantized_bins": 128, "symmetric": False},
     "minmax": {"symmetric": False, "moving_average": False, "averaging_constant": 0.01,
@@ -37,13 +37,14 @@ def _calibrator_class(method: str):
 
 
 def compute_ranges(model_path: Path, reader, method: str, op_types: list[str], options: dict,
-                   cache: Path, providers: list[str] | None = None) -> Path:
+                   cache: Path, providers: list[str] | None = None):
     """Calibrate `model_path` on `reader` (one sample at a time) and write onnxruntime's
     calibration cache to `cache`, for `quantize_static(..., calibration_cache_path=cache)`.
-    `options` are create_calibrator's extra options (percentile, symmetric, num_bins, ...)."""
+    `options` are create_calibrator's extra options (percentile, symmetric, num_bins, ...).
+    Returns the CalibrationMethod the cache records, which quantize_static must be given."""
     from onnxruntime.quantization.calibrate import save_tensors_data
 
-    kwargs = {**_DEFAULTS[method], **{k: v for k, v in options.items() if k in _DEFAULTS[method]}}
+    kwargs = {**METHODS[method], **{k: v for k, v in options.items() if k in METHODS[method]}}
     with tempfile.TemporaryDirectory(prefix="edgegen-calib-", dir=cache.parent) as tmp:
         cal = _calibrator_class(method)(model_path, op_types, str(Path(tmp) / "augmented.onnx"),
                                         use_external_data_format=True, **kwargs)
@@ -51,7 +52,7 @@ def compute_ranges(model_path: Path, reader, method: str, op_types: list[str], o
         # The calibrator reads only its graph from here on: swap its copy for the saved graph
         # without the weights. (Clearing the initializers in place frees nothing: protobuf's upb
         # backend keeps a message's memory in its arena until the whole message is freed;
-        # measured on SDXL's U-Net, 21.7 GB RSS during calibration that way.)
+        # SDXL's U-Net peaked at 20.7 GiB that way: bench/results/quantize_sdxl_int8_memory.md.)
         cal.model = onnx.load(str(Path(tmp) / "augmented.onnx"), load_external_data=False)
         gc.collect()
         cal.execution_providers = providers or ["CPUExecutionProvider"]
@@ -66,4 +67,4 @@ def compute_ranges(model_path: Path, reader, method: str, op_types: list[str], o
         del cal
         gc.collect()
     save_tensors_data(ranges, cache)
-    return cache
+    return ranges.calibration_method

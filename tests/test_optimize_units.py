@@ -416,11 +416,12 @@ def test_lean_ranges_equal_the_librarys_calibrator(tmp_path, method):
                     size_threshold=0)
     feeds = [{"x": rng.normal(size=(1, 3, 6, 6)).astype(np.float32) * (i + 1)} for i in range(3)]
     options = {"percentile": 99.9, "symmetric": True}
-    got = load_tensors_data(compute_ranges(path, FeedReader(feeds), method, ["Conv", "MatMul"], options,
-                                           tmp_path / "ranges.json"))
+    used = compute_ranges(path, FeedReader(feeds), method, ["Conv", "MatMul"], options, tmp_path / "ranges.json")
+    got = load_tensors_data(tmp_path / "ranges.json")
     lib_opts = {"percentile": 99.9, "symmetric": True} if method != "distribution" else {}
-    lib = create_calibrator(path, ["Conv", "MatMul"], str(tmp_path / "aug.onnx"),
-                            getattr(CalibrationMethod, {"minmax": "MinMax"}.get(method, method.title())),
+    lib_method = getattr(CalibrationMethod, {"minmax": "MinMax"}.get(method, method.title()))
+    assert used == lib_method
+    lib = create_calibrator(path, ["Conv", "MatMul"], str(tmp_path / "aug.onnx"), lib_method,
                             use_external_data_format=True, extra_options=lib_opts)
     reader = FeedReader(feeds)
     for i in range(len(feeds)):

@@ -29,11 +29,10 @@ from pathlib import Path
 
 from .. import graph as G
 from ..calibrate import FeedReader
-from ..ranges import compute_ranges
+from ..ranges import METHODS, compute_ranges
 from ..registry import Pass, PassContext, PassResult, Thresholds, register
 from ...runtimes.errors import EdgegenError
 
-_METHODS = ("percentile", "entropy", "minmax", "distribution")
 
 
 _ATTN_PROJ = re.compile(r"(^|[./])(proj_in|proj_out)([./ ]|$)")
@@ -123,11 +122,11 @@ class _StaticQDQ(Pass):
     activation = weight = None  # QuantType names
 
     def check_config(self):
-        if self.config["method"] not in _METHODS:
-            raise EdgegenError(f"{self.name}: calibration method must be one of {', '.join(_METHODS)}")
+        if self.config["method"] not in METHODS:
+            raise EdgegenError(f"{self.name}: calibration method must be one of {', '.join(METHODS)}")
 
     def apply(self, ctx: PassContext) -> PassResult:
-        from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+        from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
         if not ctx.calibration:
             raise EdgegenError(f"{ctx.component}: {self.name} needs calibration inputs")
@@ -137,8 +136,6 @@ class _StaticQDQ(Pass):
                                       self.config.get("attn_proj", False))
         if not nodes:
             raise EdgegenError(f"{ctx.component}: nothing for {self.name} to quantize")
-        method = {"percentile": CalibrationMethod.Percentile, "entropy": CalibrationMethod.Entropy,
-                  "minmax": CalibrationMethod.MinMax, "distribution": CalibrationMethod.Distribution}[self.config["method"]]
         extra = {"ActivationSymmetric": True, "WeightSymmetric": True}
         ctx.dst.mkdir(parents=True, exist_ok=True)
         big = _weight_bytes(model) > G.INLINE_LIMIT
@@ -148,9 +145,9 @@ class _StaticQDQ(Pass):
             with G.quiet():
                 # Calibration first, alone, in one copy of the weights (optimize/ranges.py); the
                 # library's calibration cache carries its ranges into quantize_static.
-                compute_ranges(path, FeedReader(ctx.calibration, ctx.io.input_names), self.config["method"],
-                               ["Conv", "MatMul", "Gemm"],
-                               {"percentile": self.config["percentile"], "symmetric": True}, cache)
+                method = compute_ranges(path, FeedReader(ctx.calibration, ctx.io.input_names),
+                                        self.config["method"], ["Conv", "MatMul", "Gemm"],
+                                        {"percentile": self.config["percentile"], "symmetric": True}, cache)
                 quantize_static(
                     str(path), str(ctx.dst / G.GRAPH), None,
                     quant_format=QuantFormat.QDQ, op_types_to_quantize=["Conv", "MatMul", "Gemm"],
