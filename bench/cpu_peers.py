@@ -297,6 +297,9 @@ def main() -> None:
     ap.add_argument("--int8-nncf", action="store_true",
                     help="add edgegen's --int8-nncf artifact (NNCF on the ONNX graph): per step on onnxruntime and "
                          "compiled static for OpenVINO; per image compiled, alone and with deepcache + cfg-cutoff")
+    ap.add_argument("--only", action="append", default=[], metavar="TEXT",
+                    help="race (and compile) only the per-step rows whose name contains TEXT, repeatable; the "
+                         "peer's rows always run (a recipe against the peer without re-timing every row)")
     ap.add_argument("--openvino-only", action="store_true",
                     help="the OpenVINO rows that race the peer, and the references: per step no dynamic compiles; per "
                          "image the ORT fp32 reference, edgegen's OpenVINO compiles and the peer (each compile's gate "
@@ -460,6 +463,8 @@ def main() -> None:
                 image_compiles[f"openvino on edgegen {name}{'' if cc in opts[name] else ', static'}"] = path
         image_only = set(image_compiles) - {p[0] for p in plan}
         plan += [(n, image_compiles[n], static if n.endswith(", static") else []) for n in sorted(image_only)]
+    picked = lambda name: not args.only or any(t in name for t in args.only)  # noqa: E731
+    plan = [p for p in plan if picked(p[0]) or p[0] in image_compiles]
     for name, src, extra in plan:
         out = work / re.sub(r"[^A-Za-z0-9._-]", "", name.replace(" + ", "-").replace(" ", "-").replace(",", ""))
         if src in optioned.values():    # named for its source, which carries the option values
@@ -502,6 +507,7 @@ def main() -> None:
     rows += [(n, "edgegen", p) for n, p in compiled.items() if n not in image_only]
     if nncf_ok:
         rows += [("openvino + nncf int8 (peer)", "nncf", nncf_xml), (PEER, "nncf-static", nncf_xml)]
+    rows = [r for r in rows if picked(r[0]) or r[2] == nncf_xml]
     if args.per_image_only:
         rows = []
     me = [sys.executable, __file__, "--threads", str(args.threads), "--repeats", str(args.repeats), "--artifact",

@@ -35,7 +35,11 @@ from optimize_sd15 import feeds  # noqa: E402
 
 WEIGHT_OPS = ("Conv", "MatMul", "Gemm")
 DQ_SUFFIX = "_DequantizeLinear_Output"   # onnxruntime.quantization's name for a dequantized activation
+FP32_DATA = "fp32-"  # --weights: the fp32 graph's data file, linked beside the variant under this prefix
 GROUPS = {
+    # Every quantized layer: what quantizing the activations (or, with --weights, the weights)
+    # costs in all, the other side staying int8.
+    "all": [r""],
     "attn1 to_q/k/v": [r"attn1/to_[qkv]/"], "attn1 to_out": [r"attn1/to_out"],
     "attn2 to_q": [r"attn2/to_q/"], "attn2 to_k/v": [r"attn2/to_[kv]/"], "attn2 to_out": [r"attn2/to_out"],
     "ff in (GEGLU proj)": [r"ff/net\.0"], "ff out": [r"ff/net\.2"],
@@ -61,6 +65,11 @@ def main() -> None:
     ap.add_argument("int8", type=Path)
     ap.add_argument("--latent", type=int, default=64)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--only", action="append", default=[], metavar="GROUP",
+                    help="measure only these groups (repeatable; default: all of them)")
+    ap.add_argument("--weights", action="store_true",
+                    help="float weights for each group instead of float activations (the fp32 "
+                         "artifact's own initializers; activations stay int8)")
     ap.add_argument("--record")
     args = ap.parse_args()
     import onnx
@@ -85,6 +94,11 @@ def main() -> None:
     quantized = [n.name for n in base.graph.node if n.op_type in WEIGHT_OPS and n.input[0].endswith(DQ_SUFFIX)]
     produced = {o for n in base.graph.node for o in n.output} | {i.name for i in base.graph.input}
     groups = {**GROUPS, **depth_groups(quantized)}
+    if args.only:
+        unknown = sorted(set(args.only) - set(groups))
+        if unknown:
+            raise SystemExit(f"--only: no group {unknown[0]!r}; the groups are: {', '.join(groups)}")
+        groups = {k: v for k, v in groups.items() if k in args.only}
     res = {"command": "python bench/int8_sensitivity.py " + " ".join(sys.argv[1:]), "machine": describe(),
            "quantized_nodes": len(quantized), "int8_pass": next((p for p in reversed(load_artifact(
                args.int8, verify=False).manifest["passes"]) if p["name"] == "int8"), None), "rows": []}
@@ -98,15 +112,27 @@ def main() -> None:
         tmp = Path(tmp)
         for data in {e.value for t in base.graph.initializer for e in t.external_data if e.key == "location"}:
             os.link(int8_graph.parent / data, tmp / data)
+        if args.weights:
+            fp32 = {t.name: t for t in onnx.load(str(fp32_graph), load_external_data=False).graph.initializer}
+            for t in fp32.values():
+                for e in t.external_data:
+                    if e.key == "location":
+                        e.value = FP32_DATA + e.value
+            for data in {e.value for t in fp32.values() for e in t.external_data if e.key == "location"}:
+                os.link(fp32_graph.parent / data[len(FP32_DATA):], tmp / data)
         for name, patterns in groups.items():
             m = copy.deepcopy(base)
-            k = 0
+            k, added = 0, set()
             for n in m.graph.node:
                 if n.name in quantized and any(re.search(p, n.name) for p in patterns):
-                    src = n.input[0][: -len(DQ_SUFFIX)]
-                    if src not in produced:
+                    slot = 1 if args.weights else 0
+                    src = n.input[slot][: -len(DQ_SUFFIX)]
+                    if src not in (fp32 if args.weights else produced):
                         raise SystemExit(f"{n.name}: no float tensor {src!r} behind its dequantized input")
-                    n.input[0] = src
+                    if args.weights and src not in added:
+                        m.graph.initializer.append(fp32[src])
+                        added.add(src)
+                    n.input[slot] = src
                     k += 1
             if not k:
                 continue
@@ -114,7 +140,7 @@ def main() -> None:
             y, dt = run(tmp / "model.onnx")
             res["rows"].append({"group": name, "nodes": k, "rel_err": round(rel(y), 4), "seconds": round(dt, 1)})
             print(json.dumps(res["rows"][-1]), file=sys.stderr, flush=True)
-    res["int8"] = str(args.int8)
+    res["int8"], res["float"] = str(args.int8), "weights" if args.weights else "activations"
     text = render(res)
     print(text)
     if args.record:
@@ -128,7 +154,7 @@ def render(res: dict) -> str:
              f"{res['quantized_nodes']} quantized nodes; int8 pass: "
              f"{json.dumps(res['int8_pass'] and res['int8_pass']['config'])}.",
              "", __doc__.split("\n\n")[2].replace("\n", " "), "",
-             "| float activations for | nodes | U-Net rel. error vs fp32 |", "|---|---|---|"]
+             f"| float {res.get('float', 'activations')} for | nodes | U-Net rel. error vs fp32 |", "|---|---|---|"]
     lines += [f"| {r['group']} | {r['nodes']} | {r['rel_err']} |" for r in res["rows"]]
     return "\n".join(lines) + "\n"
 

@@ -134,6 +134,8 @@ def check_paths(root: Path, manifest: dict) -> None:
             inside(root, folder / rel, f"{label} compiled file")
         if compiled.get("cache_dir"):
             inside(root, folder / compiled["cache_dir"], f"{label} cache folder")
+        if compiled.get("blob"):
+            inside(root, folder / compiled["blob"], f"{label} compiled model")
         graphs.append(graph)
     # Only now, with every named path known to be inside, open the graphs for their external data.
     for graph in graphs:

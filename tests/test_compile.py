@@ -2,6 +2,7 @@
 import json
 import shutil
 
+import numpy as np
 import pytest
 from helpers import assert_user_error, run_cli
 
@@ -60,11 +61,46 @@ def test_compiled_artifact_runs_from_the_cli_and_reports(sd15_ov, tmp_path):
     t = m["target"]
     for key in ("versions", "options", "shape_profile", "binding", "fingerprint", "cache_keys", "build", "parent"):
         assert key in t
-    # every component's cache folder is named by its key, and the key differs per component
+    # every component's compiled model is named by its key, and the key differs per component
     keys = t["cache_keys"]
     assert len(set(keys.values())) == len(keys)
     for name, key in keys.items():
-        assert (ov / name / f"ov-cache-{key}").is_dir()
+        assert m["components"][name]["compiled"]["blob"] == f"ov-{key}.blob"
+        assert (ov / name / f"ov-{key}.blob").stat().st_size > 0
+
+
+def test_compiled_openvino_artifact_imports_its_model_wherever_it_lies(sd15_ov, tmp_path, monkeypatch):
+    """A compiled OpenVINO artifact carries the compiled model itself (export_model): a copy in
+    another folder, read-only, loads it without compiling anything and gives the same image."""
+    import os
+    import stat
+
+    import openvino as ov
+
+    _, ov_art = sd15_ov
+    ref = Pipeline.load(ov_art)("a red fox", steps=2, seed=1)
+    moved = tmp_path / "elsewhere" / "moved"
+    shutil.copytree(ov_art, moved)
+    for p in moved.rglob("*"):
+        if p.is_file():
+            os.chmod(p, stat.S_IRUSR)
+
+    def no_compile(*a, **k):
+        raise AssertionError("a compiled artifact must not compile at load")
+
+    monkeypatch.setattr(ov.Core, "compile_model", no_compile)
+    assert np.array_equal(Pipeline.load(moved)("a red fox", steps=2, seed=1), ref)
+    # A truncated blob is refused in one line naming the component and the file.
+    unet = moved / "unet"
+    blob = next(unet.glob("ov-*.blob"))
+    os.chmod(blob, stat.S_IRUSR | stat.S_IWUSR)
+    blob.write_bytes(blob.read_bytes()[:1000])
+    from edgegen.runtimes.artifact import load_artifact
+    from edgegen.runtimes.pipeline import component_spec, resolve_backend
+
+    art = load_artifact(moved, verify=False)
+    with pytest.raises(EdgegenError, match=f"unet: OpenVINO cannot import its compiled model {blob.name}"):
+        resolve_backend(art, None, None, None, 2).load(component_spec(art, "unet"))
 
 
 def test_backend_at_load_time_without_compiling(tiny_export):
@@ -222,6 +258,44 @@ def test_openvino_on_optimized_variants(variants, tmp_path, family, flag):
     g = m["target"]["gate"]
     assert g["end_to_end"]["passed"], g
     assert all(c["gate"]["passed"] for c in m["components"].values())
+
+
+def _qdq_around(path):
+    """(int8 layers (Conv/MatMul reading a DequantizeLinear), those of them whose output feeds
+    a QuantizeLinear, the other nodes that read a dequantized activation)."""
+    import onnx
+
+    m = onnx.load(str(path / "unet" / "model.onnx"), load_external_data=False)
+    producer = {o: n for n in m.graph.node for o in n.output}
+    op = lambda name: getattr(producer.get(name), "op_type", "")  # noqa: E731
+    quantized = {n.name for n in m.graph.node if n.op_type in ("Conv", "MatMul") and op(n.input[0]) == "DequantizeLinear"}
+    requantized = {producer[n.input[0]].name for n in m.graph.node
+                   if n.op_type == "QuantizeLinear" and producer.get(n.input[0]) is not None} & quantized
+    readers = {n.name for n in m.graph.node if n.name not in quantized and any(
+        op(x) == "DequantizeLinear" and op(producer[x].input[0]) == "QuantizeLinear" for x in n.input)}
+    return quantized, requantized, readers
+
+
+def test_int8_without_output_qdq_quantizes_inputs_only_and_openvino_computes_it(variants, tmp_path):
+    """int8:output_qdq=false puts Q/DQ on the int8 layers' inputs only (NNCF's placement): their
+    outputs reach the bias add and the residual sum in float, and no other node reads a
+    dequantized activation. The default requantizes every output (what onnxruntime fuses into
+    QLinearConv), and float nodes (norms, skip Concats) read the rounded tensor. OpenVINO
+    compiles the inputs-only graph within its gate, dynamic and static."""
+    quantized, requantized, readers = _qdq_around(variants("sd15", "--int8"))
+    assert quantized and requantized == quantized
+    assert any("samplers" in n for n in quantized)
+    assert any("norm" in n or "Concat" in n for n in readers)   # the residual stream, rounded
+    src = variants("sd15", "--pass int8:output_qdq=false,resamplers=false")
+    quantized, requantized, readers = _qdq_around(src)
+    assert quantized and not requantized and not readers
+    assert not any("samplers" in n for n in quantized)
+    report = json.loads((src / "manifest.json").read_text())["components"]["unet"]["optimize"]["reports"][0]
+    assert report["pass"] == "int8" and report["float_inputs_restored"] > 0
+    for name, shape in (("dynamic", ()), ("static", ("--height", 64, "--width", 64, "--batch", 1))):
+        m = compile_ok(src, tmp_path / name, "--target", "openvino", *shape)
+        assert m["target"]["gate"]["end_to_end"]["passed"], name
+        assert all(c["gate"]["passed"] for c in m["components"].values()), name
 
 
 def _concat_fed_convs(path):

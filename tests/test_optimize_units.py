@@ -341,7 +341,8 @@ def test_embedding_tables_become_gather_block_quantized(tmp_path, name, tol):
 
 def test_int8_outer_convs_are_the_full_resolution_resnet_convs():
     """int8:outer_convs=false keeps float the resnet convs of the first down block and of the
-    last up block, whatever the U-Net's depth (SD1.5: up_blocks.3; SDXL: up_blocks.2)."""
+    last up block, whatever the U-Net's depth (SD1.5: up_blocks.3; SDXL: up_blocks.2);
+    int8:resamplers=false keeps float the down/upsamplers' convs, and nothing else."""
     from edgegen.optimize.passes.quant import _outer_convs, _quantizable
 
     for last in (3, 2):
@@ -364,6 +365,9 @@ def test_int8_outer_convs_are_the_full_resolution_resnet_convs():
         kept, skipped = _quantizable(m, ("Conv", "MatMul"), skip=False, outer_convs=False)
         assert set(skipped) == want and not want & set(kept)
         assert _quantizable(m, ("Conv", "MatMul"), skip=False)[1] == []
+        resamplers = {"/model/up_blocks.0/upsamplers.0/conv/Conv", "/model/down_blocks.0/downsamplers.0/conv/Conv"}
+        kept, skipped = _quantizable(m, ("Conv", "MatMul"), skip=False, resamplers=False)
+        assert set(skipped) == resamplers and not resamplers & set(kept)
 
 
 def test_int8_attn_proj_quantizes_the_transformer_blocks_proj_in_out_only():

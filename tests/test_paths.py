@@ -315,7 +315,9 @@ def test_graph_symlinked_out(art, tmp_path, what):
     lambda m: m["sampler_graphs"]["s"]["scale"].update(graph="/tmp/scale.onnx"),
     lambda m: m["sampler_graphs"]["s"]["step"]["files"].update({"../step.onnx": {}}),
     lambda m: m["components"]["m"].update(compiled={"files": ["model.data", "../../x.engine"]}),
-], ids=["files", "component-files", "denoise-graph", "denoise-files", "sampler-graph", "sampler-files", "compiled"])
+    lambda m: m["components"]["m"].update(compiled={"files": ["model.data"], "blob": "../../x.blob"}),
+], ids=["files", "component-files", "denoise-graph", "denoise-files", "sampler-graph", "sampler-files", "compiled",
+        "compiled-blob"])
 def test_every_manifest_path_is_checked(art, tamper):
     root, manifest = art
     tamper(manifest)

@@ -36,10 +36,21 @@ from ...runtimes.errors import EdgegenError
 
 
 _ATTN_PROJ = re.compile(r"(^|[./])(proj_in|proj_out)([./ ]|$)")
+# The U-Net's down/upsampler convs. Measured on the real-size SDXL U-Net (bench/int8_sensitivity.py,
+# bench/results/int8_sensitivity_sdxlturbo.md): 4 of its 740 int8 nodes, and the largest share of
+# the activation error of any group (float activations on them: 0.096 -> 0.082; any other
+# group of attention or feed-forward layers: 0.001 or less).
+_RESAMPLERS = re.compile(r"(^|[./])(downsamplers|upsamplers)[./]\d+[./]conv([./ ]|$)")
 
 
-def _quantizable(model, op_types, skip: bool, concat_fed: bool = True,
-                 outer_convs: bool = True, attn_proj: bool = False) -> tuple[list[str], list[str]]:
+def _matching(model, names: list[str], pattern: re.Pattern) -> set[str]:
+    inits = G.initializer_names(model)
+    keys = {n.name: G.node_key(n, inits) for n in model.graph.node}
+    return {n for n in names if pattern.search(keys[n])}
+
+
+def _quantizable(model, op_types, skip: bool, concat_fed: bool = True, outer_convs: bool = True,
+                 attn_proj: bool = False, resamplers: bool = True) -> tuple[list[str], list[str]]:
     nodes = [n.name for n in G.weight_nodes(model, op_types)]
     skipped = set(G.skip_list(model, op_types)) if skip else set()
     if skipped and attn_proj:
@@ -48,6 +59,8 @@ def _quantizable(model, op_types, skip: bool, concat_fed: bool = True,
         skipped |= _concat_fed(model, nodes)
     if not outer_convs:
         skipped |= _outer_convs(model, nodes)
+    if not resamplers:
+        skipped |= _matching(model, nodes, _RESAMPLERS)
     return [n for n in nodes if n not in skipped], sorted(skipped)
 
 
@@ -57,19 +70,16 @@ def _outer_convs(model, names: list[str]) -> set[str]:
     they are 10 of its 212 int8 nodes and carry most of its error (float activations on them:
     0.069 -> 0.058 relative error; on any other group of layers: 0.062 or more)."""
     inits = G.initializer_names(model)
-    keys = {n.name: G.node_key(n, inits) for n in model.graph.node}
-    ups = [int(m) for k in keys.values() for m in re.findall(r"up_blocks[./](\d+)", k)]
+    ups = [int(m) for n in model.graph.node for m in re.findall(r"up_blocks[./](\d+)", G.node_key(n, inits))]
     if not ups:
         return set()
-    outer = re.compile(rf"(down_blocks[./]0|up_blocks[./]{max(ups)})[./]resnets[./]\d+[./]conv[12]([./ ]|$)")
-    return {n for n in names if outer.search(keys[n])}
+    return _matching(model, names, re.compile(
+        rf"(down_blocks[./]0|up_blocks[./]{max(ups)})[./]resnets[./]\d+[./]conv[12]([./ ]|$)"))
 
 
 def _attn_proj(model, names) -> set[str]:
     """The transformer blocks' proj_in/proj_out (1x1 convs or linears over every token)."""
-    inits = G.initializer_names(model)
-    by_name = {n.name: n for n in model.graph.node}
-    return {n for n in names if _ATTN_PROJ.search(G.node_key(by_name[n], inits))}
+    return _matching(model, names, _ATTN_PROJ)
 
 
 def _concat_fed(model, names: list[str]) -> set[str]:
@@ -104,6 +114,46 @@ def _load_for_library(ctx: PassContext, opset: int):
     return model, G.stage(ctx.src, stage)
 
 
+def _float_consumers_read_float(path: Path, quantized: set[str]) -> int:
+    """Point every consumer of an activation's DequantizeLinear that is not a quantized layer
+    back at the float tensor; drop the Q/DQ pairs nothing reads any more. Returns how many
+    inputs changed.
+
+    onnxruntime.quantization routes all consumers of a quantized tensor through its one
+    DequantizeLinear (DedicatedQDQPair splits it only between several quantized readers), so a
+    resampler's input quantized for its conv also reaches the skip Concat, and its output,
+    quantized for the next conv_shortcut, reaches the next block's GroupNorm: the residual
+    stream itself was rounded to int8 at every block boundary. Measured on the real-size SDXL
+    U-Net (bench/results/int8_recipes_sdxlturbo.md): 79 such inputs, 0.091 -> 0.065 relative
+    error. No option of the library does it; the graph edit is a few lines, done here on the
+    structure alone (the weights file is untouched)."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    producer = {o: n for n in model.graph.node for o in n.output}
+    changed = 0
+    for node in model.graph.node:
+        if node.name in quantized:
+            continue
+        for i, name in enumerate(node.input):
+            dq = producer.get(name)
+            if dq is None or dq.op_type != "DequantizeLinear":
+                continue
+            q = producer.get(dq.input[0])
+            if q is not None and q.op_type == "QuantizeLinear":
+                node.input[i] = q.input[0]
+                changed += 1
+    if changed:
+        outputs = {o.name for o in model.graph.output}
+        for op in ("DequantizeLinear", "QuantizeLinear"):
+            read = {i for n in model.graph.node for i in n.input} | outputs
+            dead = [n for n in model.graph.node if n.op_type == op and not set(n.output) & read]
+            for n in dead:
+                model.graph.node.remove(n)
+        onnx.save(model, str(path))
+    return changed
+
+
 def _weight_bytes(model) -> int:
     return sum(G.initializer_bytes(model).values())
 
@@ -133,10 +183,15 @@ class _StaticQDQ(Pass):
         model, path = _load_for_library(ctx, self.opset)
         nodes, skipped = _quantizable(model, ("Conv", "MatMul", "Gemm"), self.config["skip"],
                                       self.config["concat_fed"], self.config.get("outer_convs", True),
-                                      self.config.get("attn_proj", False))
+                                      self.config.get("attn_proj", False), self.config.get("resamplers", True))
         if not nodes:
             raise EdgegenError(f"{ctx.component}: nothing for {self.name} to quantize")
         extra = {"ActivationSymmetric": True, "WeightSymmetric": True}
+        if not self.config.get("output_qdq", True):
+            # Q/DQ where a quantized layer reads and nowhere else, as NNCF places its
+            # FakeQuantize: the layers' outputs stay float into the bias add and the residual
+            # sum (and every other reader of a quantized tensor reads it float, below).
+            extra["OpTypesToExcludeOutputQuantization"] = ["Conv", "MatMul", "Gemm"]
         ctx.dst.mkdir(parents=True, exist_ok=True)
         big = _weight_bytes(model) > G.INLINE_LIMIT
         del model
@@ -158,9 +213,10 @@ class _StaticQDQ(Pass):
                 )
         finally:
             cache.unlink(missing_ok=True)
-        return PassResult(_files(ctx.dst), precision=self.precision,
-                          report={"quantized_nodes": len(nodes), "skipped_nodes": skipped,
-                                  "calibration_samples": len(ctx.calibration)})
+        report = {"quantized_nodes": len(nodes), "skipped_nodes": skipped, "calibration_samples": len(ctx.calibration)}
+        if not self.config.get("output_qdq", True):
+            report["float_inputs_restored"] = _float_consumers_read_float(ctx.dst / G.GRAPH, set(nodes))
+        return PassResult(_files(ctx.dst), precision=self.precision, report=report)
 
 
 @register
@@ -172,7 +228,8 @@ class Int8Static(_StaticQDQ):
     thresholds = Thresholds(cosine=0.9, rel_err=0.45, psnr=18.0, ssim=0.7)
     # outer_convs=False keeps the U-Net's full-resolution resnet convs float (see _outer_convs).
     defaults = {"method": "percentile", "percentile": 99.999, "per_channel": True, "skip": True,
-                "concat_fed": False, "reduce_range": True, "outer_convs": True, "attn_proj": False}
+                "concat_fed": False, "reduce_range": True, "outer_convs": True, "attn_proj": False,
+                "resamplers": True, "output_qdq": True}
     help = "int8 static QDQ, calibrated along sampler trajectories (outer_convs=false: full-resolution convs float)"
 
 
