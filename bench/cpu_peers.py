@@ -299,7 +299,7 @@ def main() -> None:
                          "compiled static for OpenVINO; per image compiled, alone and with deepcache + cfg-cutoff")
     ap.add_argument("--only", action="append", default=[], metavar="TEXT",
                     help="race (and compile) only the per-step rows whose name contains TEXT, repeatable; the "
-                         "peer's rows always run (a recipe against the peer without re-timing every row)")
+                         "peer's rows and ORT fp32 (the error reference) always run")
     ap.add_argument("--openvino-only", action="store_true",
                     help="the OpenVINO rows that race the peer, and the references: per step no dynamic compiles; per "
                          "image the ORT fp32 reference, edgegen's OpenVINO compiles and the peer (each compile's gate "
@@ -507,7 +507,8 @@ def main() -> None:
     rows += [(n, "edgegen", p) for n, p in compiled.items() if n not in image_only]
     if nncf_ok:
         rows += [("openvino + nncf int8 (peer)", "nncf", nncf_xml), (PEER, "nncf-static", nncf_xml)]
-    rows = [r for r in rows if picked(r[0]) or r[2] == nncf_xml]
+    # The peer (the ratios' denominator) and ORT fp32 (the errors' reference) always run.
+    rows = [r for r in rows if picked(r[0]) or r[2] == nncf_xml or r[0] == "ort fp32"]
     if args.per_image_only:
         rows = []
     me = [sys.executable, __file__, "--threads", str(args.threads), "--repeats", str(args.repeats), "--artifact",

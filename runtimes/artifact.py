@@ -144,8 +144,9 @@ def check_paths(root: Path, manifest: dict) -> None:
 
 
 def check_out_path(out: Path, force: bool) -> None:
-    """Fail before any work if `out` exists and --force was not given."""
-    if out.exists() and not force:
+    """Fail before any work if `out` exists and --force was not given (a dangling symlink
+    counts: the final rename would fail on it after all the work)."""
+    if os.path.lexists(out) and not force:
         raise EdgegenError(f"{out} already exists; pass --force to replace it")
 
 
@@ -159,12 +160,15 @@ def write_artifact(out: str | os.PathLike, force: bool = False):
     try:
         yield tmp
         tmp.chmod(0o755)  # mkdtemp makes it private; an artifact is meant to be shared
-        if out.exists():
+        if os.path.lexists(out):
             # Swap, so a failure here still leaves one complete artifact at `out`.
             old = out.with_name(f".{out.name}.old-{os.getpid()}")
             os.rename(out, old)
             os.rename(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
+            if old.is_symlink() or not old.is_dir():
+                old.unlink()    # --force replaces the link (or file) itself, never what it points at
+            else:
+                shutil.rmtree(old, ignore_errors=True)
         else:
             os.rename(tmp, out)
     except BaseException:

@@ -115,6 +115,10 @@ def test_export_bad_input(tmp_path, art):
     assert_user_error(run("export", "sd99", "--tiny", "--out", out), "unknown family", "sd15", "sdxl-turbo")
     assert_user_error(run("export", "sd15", "--weights", tmp_path / "missing", "--out", out), "no such file")
     assert_user_error(run("export", "sd15", "--tiny", "--out", art), "already exists")
+    # A dangling symlink is refused before any work too (the final rename would fail on it).
+    dangling = tmp_path / "dangling"
+    dangling.symlink_to(tmp_path / "gone")
+    assert_user_error(run("export", "sd15", "--tiny", "--out", dangling), "already exists", "--force")
     assert_user_error(run("export", "sd15", "--tiny", "--random-weights", "--out", out), "exactly one of")
     # no weight source: the family's hub id, which offline and uncached ends in one line
     assert_user_error(run("export", "sd15", "--out", out), "not in the Hugging Face cache", "--random-weights")
@@ -166,6 +170,17 @@ def test_force_replaces_existing(tmp_path):
     r = run("export", "sd15", "--tiny", "--out", out, "--force")
     assert r.exit_code == 0, r.output
     assert (out / "manifest.json").is_file() and not (out / "old.txt").exists()
+    # --force on a symlink replaces the link, and leaves what it pointed at alone.
+    target = tmp_path / "kept"
+    target.mkdir()
+    (target / "mine.txt").write_text("y")
+    link = tmp_path / "link"
+    link.symlink_to(target)
+    r = run("export", "sd15", "--tiny", "--out", link, "--force")
+    assert r.exit_code == 0, r.output
+    assert not link.is_symlink() and (link / "manifest.json").is_file()
+    assert (target / "mine.txt").read_text() == "y"
+    assert not [p.name for p in tmp_path.iterdir() if ".old-" in p.name]
 
 
 def test_runtime_never_imports_torch(art, tmp_path):

@@ -230,7 +230,8 @@ class Int8Static(_StaticQDQ):
     defaults = {"method": "percentile", "percentile": 99.999, "per_channel": True, "skip": True,
                 "concat_fed": False, "reduce_range": True, "outer_convs": True, "attn_proj": False,
                 "resamplers": True, "output_qdq": True}
-    help = "int8 static QDQ, calibrated along sampler trajectories (outer_convs=false: full-resolution convs float)"
+    help = ("int8 static QDQ, calibrated along sampler trajectories (outer_convs=false: full-resolution convs float; "
+            "output_qdq=false: Q/DQ only where an int8 layer reads, for OpenVINO/TensorRT)")
 
 
 @register
