@@ -36,6 +36,8 @@ from optimize_sd15 import feeds  # noqa: E402
 WEIGHT_OPS = ("Conv", "MatMul", "Gemm")
 DQ_SUFFIX = "_DequantizeLinear_Output"   # onnxruntime.quantization's name for a dequantized activation
 FP32_DATA = "fp32-"  # --weights: the fp32 graph's data file, linked beside the variant under this prefix
+WEIGHTS_NOTE = {False: [], True: ["", "This run is `--weights`: each variant instead gives the chosen nodes the fp32 "
+                                        "artifact's own weight (no DequantizeLinear), their activations staying int8."]}
 GROUPS = {
     # Every quantized layer: what quantizing the activations (or, with --weights, the weights)
     # costs in all, the other side staying int8.
@@ -153,7 +155,7 @@ def render(res: dict) -> str:
              f"Machine: {res['machine']['cpu']}, {res['machine']['cores']} cores; {res['machine']['date']}. "
              f"{res['quantized_nodes']} quantized nodes; int8 pass: "
              f"{json.dumps(res['int8_pass'] and res['int8_pass']['config'])}.",
-             "", __doc__.split("\n\n")[2].replace("\n", " "), "",
+             "", __doc__.split("\n\n")[2].replace("\n", " "), *WEIGHTS_NOTE[res.get("float") == "weights"], "",
              f"| float {res.get('float', 'activations')} for | nodes | U-Net rel. error vs fp32 |", "|---|---|---|"]
     lines += [f"| {r['group']} | {r['nodes']} | {r['rel_err']} |" for r in res["rows"]]
     return "\n".join(lines) + "\n"
