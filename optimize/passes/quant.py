@@ -124,9 +124,10 @@ def _float_consumers_read_float(path: Path, quantized: set[str]) -> int:
     resampler's input quantized for its conv also reaches the skip Concat, and its output,
     quantized for the next conv_shortcut, reaches the next block's GroupNorm: the residual
     stream itself was rounded to int8 at every block boundary. Measured on the real-size SDXL
-    U-Net (bench/results/int8_recipes_sdxlturbo.md): 79 such inputs, 0.091 -> 0.065 relative
-    error. No option of the library does it; the graph edit is a few lines, done here on the
-    structure alone (the weights file is untouched)."""
+    U-Net: 79 such inputs; output_qdq=false reaches 0.065 relative error with this edit
+    (bench/results/int8_recipes_sdxlturbo_inputs.md), 0.091 without it (by hand). No option of
+    the library does it; the graph edit is a few lines, done here on the structure alone (the
+    weights file is untouched)."""
     import onnx
 
     model = onnx.load(str(path), load_external_data=False)
