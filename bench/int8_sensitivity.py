@@ -122,14 +122,16 @@ def main() -> None:
                         e.value = FP32_DATA + e.value
             for data in {e.value for t in fp32.values() for e in t.external_data if e.key == "location"}:
                 os.link(fp32_graph.parent / data[len(FP32_DATA):], tmp / data)
+        # --weights: a node's weight (input 1) from the fp32 initializers; else its activation
+        # (input 0) from the float tensor in the graph.
+        slot, floats = (1, fp32) if args.weights else (0, produced)
         for name, patterns in groups.items():
             m = copy.deepcopy(base)
             k, added = 0, set()
             for n in m.graph.node:
                 if n.name in quantized and any(re.search(p, n.name) for p in patterns):
-                    slot = 1 if args.weights else 0
                     src = n.input[slot][: -len(DQ_SUFFIX)]
-                    if src not in (fp32 if args.weights else produced):
+                    if src not in floats:
                         raise SystemExit(f"{n.name}: no float tensor {src!r} behind its dequantized input")
                     if args.weights and src not in added:
                         m.graph.initializer.append(fp32[src])

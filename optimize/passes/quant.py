@@ -130,7 +130,7 @@ def _float_consumers_read_float(path: Path, quantized: set[str]) -> int:
     weights file is untouched)."""
     import onnx
 
-    model = onnx.load(str(path), load_external_data=False)
+    model = G.structure(path)
     producer = {o: n for n in model.graph.node for o in n.output}
     changed = 0
     for node in model.graph.node:
