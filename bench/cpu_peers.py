@@ -360,9 +360,13 @@ def main() -> None:
     args.guidance = defaults["guidance"] if args.guidance is None else args.guidance
     batch = cfg_rows(art, args.guidance)
     result.update(steps_per_image=args.steps, guidance=args.guidance, unet_batch=batch)
+    picked = lambda name: not args.only or any(t in name for t in args.only)  # noqa: E731
     int8 = work / "int8"
-    prepare("optimize int8", ["edgegen", "optimize", str(art), "--int8", "--components", "unet", "--out", str(int8),
-                              *CALIB], int8)
+    # The default recipe's rows: skipped (and not built, minutes at real size) when --only races others.
+    if not (args.only and args.per_step_only) or any(picked(n) for n in (
+            "ort int8 (edgegen --int8)", "openvino on edgegen int8", "openvino on edgegen int8, static")):
+        prepare("optimize int8", ["edgegen", "optimize", str(art), "--int8", "--components", "unet", "--out",
+                                  str(int8), *CALIB], int8)
     # At one or few steps the VAE decode is most of an image: the same recipe on the decoder too.
     int8_vae = work / "int8-unet-vae_decoder"
     vae_ok = args.vae_int8 and not args.per_step_only and prepare(
@@ -463,7 +467,6 @@ def main() -> None:
                 image_compiles[f"openvino on edgegen {name}{'' if cc in opts[name] else ', static'}"] = path
         image_only = set(image_compiles) - {p[0] for p in plan}
         plan += [(n, image_compiles[n], static if n.endswith(", static") else []) for n in sorted(image_only)]
-    picked = lambda name: not args.only or any(t in name for t in args.only)  # noqa: E731
     plan = [p for p in plan if picked(p[0]) or p[0] in image_compiles]
     for name, src, extra in plan:
         out = work / re.sub(r"[^A-Za-z0-9._-]", "", name.replace(" + ", "-").replace(" ", "-").replace(",", ""))

@@ -47,6 +47,8 @@ GROUPS = {
     "ff in (GEGLU proj)": [r"ff/net\.0"], "ff out": [r"ff/net\.2"],
     "resnet conv1": [r"resnets\.\d+/conv1/"], "resnet conv2": [r"resnets\.\d+/conv2/"],
     "conv_shortcut": [r"conv_shortcut"], "down/upsamplers": [r"downsamplers|upsamplers"],
+    "downsamplers": [r"downsamplers"], "upsamplers": [r"upsamplers"],
+    "proj_in": [r"/proj_in"], "proj_out": [r"/proj_out"],
 }
 
 

@@ -368,6 +368,23 @@ def test_int8_outer_convs_are_the_full_resolution_resnet_convs():
         resamplers = {"/model/up_blocks.0/upsamplers.0/conv/Conv", "/model/down_blocks.0/downsamplers.0/conv/Conv"}
         kept, skipped = _quantizable(m, ("Conv", "MatMul"), skip=False, resamplers=False)
         assert set(skipped) == resamplers and not resamplers & set(kept)
+        # resamplers=up|down names the int8 ones: the other kind stays float
+        up, down = sorted(resamplers, reverse=True)
+        assert "upsamplers" in up and "downsamplers" in down
+        for value, floats in (("up", {down}), ("down", {up})):
+            kept, skipped = _quantizable(m, ("Conv", "MatMul"), skip=False, resamplers=value)
+            assert set(skipped) == floats and resamplers - floats <= set(kept)
+
+
+def test_int8_resamplers_takes_a_boolean_or_a_kind():
+    from edgegen.optimize.registry import get_pass
+    from edgegen.runtimes.errors import EdgegenError
+
+    for good in (True, False, "up", "down"):
+        assert get_pass("int8", resamplers=good).config["resamplers"] == good
+    for bad in ("both", 1, "Up"):
+        with pytest.raises(EdgegenError, match=r"resamplers must be true, false, up or down .*not"):
+            get_pass("int8", resamplers=bad)
 
 
 def test_int8_attn_proj_quantizes_the_transformer_blocks_proj_in_out_only():

@@ -39,8 +39,25 @@ _ATTN_PROJ = re.compile(r"(^|[./])(proj_in|proj_out)([./ ]|$)")
 # The U-Net's down/upsampler convs. Measured on the real-size SDXL U-Net (bench/int8_sensitivity.py,
 # bench/results/int8_sensitivity_sdxlturbo.md): 4 of its 740 int8 nodes, and the largest share of
 # the activation error of any group (float activations on them: 0.096 -> 0.082; any other
-# group of attention or feed-forward layers: 0.001 or less).
-_RESAMPLERS = re.compile(r"(^|[./])(downsamplers|upsamplers)[./]\d+[./]conv([./ ]|$)")
+# group of attention or feed-forward layers: 0.001 or less). On the real-size SD1.5 U-Net with
+# the inputs-only placement (bench/results/int8_sensitivity_sd15_resamplers.md) that error is the
+# downsamplers' (float activations: 0.0467 -> 0.0426; the upsamplers': -> 0.0463), while the
+# upsamplers do most of the FLOPs (3x3 convs at the upsampled size): `resamplers=up` keeps them
+# int8 and the downsamplers float.
+_RESAMPLER_KINDS = {"down": "downsamplers", "up": "upsamplers"}
+
+
+def _resampler_pattern(kinds) -> re.Pattern:
+    return re.compile(rf"(^|[./])({'|'.join(kinds)})[./]\d+[./]conv([./ ]|$)")
+
+
+def _float_resamplers(value) -> tuple[str, ...]:
+    """The resampler kinds kept float under `resamplers=value` (which ones are int8)."""
+    if value is True:
+        return ()
+    if value is False:
+        return tuple(_RESAMPLER_KINDS.values())
+    return tuple(v for k, v in _RESAMPLER_KINDS.items() if k != value)
 
 
 def _matching(model, names: list[str], pattern: re.Pattern) -> set[str]:
@@ -50,7 +67,7 @@ def _matching(model, names: list[str], pattern: re.Pattern) -> set[str]:
 
 
 def _quantizable(model, op_types, skip: bool, concat_fed: bool = True, outer_convs: bool = True,
-                 attn_proj: bool = False, resamplers: bool = True) -> tuple[list[str], list[str]]:
+                 attn_proj: bool = False, resamplers: bool | str = True) -> tuple[list[str], list[str]]:
     nodes = [n.name for n in G.weight_nodes(model, op_types)]
     skipped = set(G.skip_list(model, op_types)) if skip else set()
     if skipped and attn_proj:
@@ -59,8 +76,8 @@ def _quantizable(model, op_types, skip: bool, concat_fed: bool = True, outer_con
         skipped |= _concat_fed(model, nodes)
     if not outer_convs:
         skipped |= _outer_convs(model, nodes)
-    if not resamplers:
-        skipped |= _matching(model, nodes, _RESAMPLERS)
+    if _float_resamplers(resamplers):
+        skipped |= _matching(model, nodes, _resampler_pattern(_float_resamplers(resamplers)))
     return [n for n in nodes if n not in skipped], sorted(skipped)
 
 
@@ -175,6 +192,10 @@ class _StaticQDQ(Pass):
     def check_config(self):
         if self.config["method"] not in METHODS:
             raise EdgegenError(f"{self.name}: calibration method must be one of {', '.join(METHODS)}")
+        r = self.config.get("resamplers", True)
+        if not (isinstance(r, bool) or r in _RESAMPLER_KINDS):
+            raise EdgegenError(f"{self.name}: resamplers must be true, false, up or down (the int8 ones), "
+                               f"not {self.config['resamplers']!r}")
 
     def apply(self, ctx: PassContext) -> PassResult:
         from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
@@ -232,7 +253,8 @@ class Int8Static(_StaticQDQ):
                 "concat_fed": False, "reduce_range": True, "outer_convs": True, "attn_proj": False,
                 "resamplers": True, "output_qdq": True}
     help = ("int8 static QDQ, calibrated along sampler trajectories (outer_convs=false: full-resolution convs float; "
-            "output_qdq=false: Q/DQ only where an int8 layer reads, for OpenVINO/TensorRT)")
+            "output_qdq=false: Q/DQ only where an int8 layer reads, for OpenVINO/TensorRT; "
+            "resamplers=true|false|up|down: which down/upsampler convs are int8)")
 
 
 @register
