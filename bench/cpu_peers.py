@@ -305,6 +305,7 @@ def main() -> None:
                          "image the ORT fp32 reference, edgegen's OpenVINO compiles and the peer (each compile's gate "
                          "costs minutes at 512 px)")
     ap.add_argument("--record", help="write JSON + Markdown under bench/results/ with this name")
+    ap.add_argument("--json", type=Path, help="also write the result as JSON to this file")
     ap.add_argument("--work", help="keep prepared artifacts in this folder (default: a temporary one, removed)")
     ap.add_argument("--step-child", nargs=3, metavar=("KIND", "PATH", "NPY"), help=argparse.SUPPRESS)
     ap.add_argument("--image-child", nargs=4, metavar=("KIND", "PATH", "NPY", "NNCF"), help=argparse.SUPPRESS)
@@ -601,6 +602,8 @@ def main() -> None:
     print(text)
     if not args.work:
         shutil.rmtree(work, ignore_errors=True)
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
     if args.record:
         res = Path(__file__).resolve().parent / "results"
         (res / f"{args.record}.json").write_text(json.dumps(result, indent=2) + "\n")

@@ -19,6 +19,9 @@ f16 hint, through OpenVINO's own DisablePrecisionConversion runtime attribute wr
 Measured on the real-size SD1.5 U-Net (bench/results/ov_profile_sd15_keep_f32.md): most of bf16's
 error is the residual stream's element-wise ops (0.035 relative error, 0.0135 with Add and
 Multiply in f32, at 0.90x the bf16 speed), while MVN, Softmax or MatMul in f32 change nothing.
+Multiply alone keeps that accuracy at a fifth of the cost (bench/results/ov_profile_sd15_inputs_keep_f32.md:
+0.0437 against 0.0435 on an int8 U-Net, 3.18 against 3.53 s per step; bf16 alone 0.0531, 3.11 s):
+a residual Add kept f32 can no longer fuse into its convolution, so it costs Reorders both ways.
 """
 from __future__ import annotations
 

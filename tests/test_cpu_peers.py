@@ -44,3 +44,24 @@ def test_hybrid_peer_compresses_weighted_matmuls_and_quantizes_the_rest(tiny_exp
     ref = ort.InferenceSession(str(src / "unet" / "model.onnx"), providers=["CPUExecutionProvider"]).run(None, f)[0]
     got = ov.Core().compile_model(q, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})(f)[0]
     assert 0 < rel_err(ref, np.asarray(got)) < 0.3
+
+
+def test_only_races_the_named_rows_and_builds_nothing_else(tiny_export, tmp_path):
+    """--only with --per-step-only: the named rows, the peer's and the ORT fp32 reference run;
+    the default int8 artifact, which no raced row reads, is not built (minutes at real size)."""
+    pytest.importorskip("openvino", reason="openvino is not installed (pip install -e '.[openvino]')")
+    pytest.importorskip("nncf", reason="nncf is not installed (pip install -e '.[bench]')")
+    import json
+    import subprocess
+
+    src, _ = tiny_export("sd15")
+    work = tmp_path / "work"
+    p = subprocess.run([sys.executable, str(Path(__file__).resolve().parents[1] / "bench" / "cpu_peers.py"),
+                        "--artifact", str(src), "--latent", "8", "--per-step-only", "--openvino-only", "--no-outer",
+                        "--no-compiled", "--only", "ort fp32", "--repeats", "1", "--work", str(work),
+                        "--json", str(tmp_path / "r.json")], capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-2000:]
+    rows = json.loads((tmp_path / "r.json").read_text())["per_step"]
+    assert set(rows) == {"ort fp32", "openvino + nncf int8 (peer)", "openvino + nncf int8, static (peer)"}
+    assert all(r["exit_code"] == 0 for r in rows.values())
+    assert not (work / "int8").exists()
