@@ -83,6 +83,11 @@ PEER_RECIPES = {"transformer": "nncf.quantize, TRANSFORMER preset with SmoothQua
                           "SmoothQuant"}
 
 
+# The rows that read the default `--int8` artifact (it is built only when one of them races).
+ORT_INT8, OV_INT8, OV_INT8_STATIC = ("ort int8 (edgegen --int8)", "openvino on edgegen int8",
+                                     "openvino on edgegen int8, static")
+
+
 def step_child(kind: str, path: str, art: Path, npy: Path, threads: int, repeats: int, latent: int, batch: int) -> dict:
     if kind == "torch":
         import torch
@@ -364,8 +369,7 @@ def main() -> None:
     picked = lambda name: not args.only or any(t in name for t in args.only)  # noqa: E731
     int8 = work / "int8"
     # The default recipe's rows: skipped (and not built, minutes at real size) when --only races others.
-    if not (args.only and args.per_step_only) or any(picked(n) for n in (
-            "ort int8 (edgegen --int8)", "openvino on edgegen int8", "openvino on edgegen int8, static")):
+    if not (args.only and args.per_step_only) or any(map(picked, (ORT_INT8, OV_INT8, OV_INT8_STATIC))):
         prepare("optimize int8", ["edgegen", "optimize", str(art), "--int8", "--components", "unet", "--out",
                                   str(int8), *CALIB], int8)
     # At one or few steps the VAE decode is most of an image: the same recipe on the decoder too.
@@ -441,8 +445,8 @@ def main() -> None:
     # The peer's image runs edgegen's static OpenVINO compile; per step alone needs no compile at all.
     plan = [] if args.per_step_only and args.no_compiled else [("openvino default, static", art, static)]
     if not args.no_compiled:
-        plan += [] if args.openvino_only else [("openvino default", art, []), ("openvino on edgegen int8", int8, [])]
-        plan += [("openvino on edgegen int8, static", int8, static)]
+        plan += [] if args.openvino_only else [("openvino default", art, []), (OV_INT8, int8, [])]
+        plan += [(OV_INT8_STATIC, int8, static)]
         if nncf_pass_ok:
             plan.append(("openvino on edgegen int8-nncf, static", int8n, static))
         if outer_ok:    # the accurate int8 recipe, on the runtime that wins with AVX512-BF16
@@ -455,7 +459,7 @@ def main() -> None:
     # edgegen's whole pipeline on its own OpenVINO backend: its int8 QDQ graphs, static.
     image_compiles, image_only = {}, set()
     if args.compiled_images and not args.per_step_only:
-        image_compiles["openvino on edgegen int8, static"] = int8
+        image_compiles[OV_INT8_STATIC] = int8
         if nncf_pass_ok:
             image_compiles["openvino on edgegen int8-nncf, static"] = int8n
         if vae_ok:
@@ -497,7 +501,7 @@ def main() -> None:
 
     # -- per step ---------------------------------------------------------------------------
     rows = [("pytorch eager fp32", "torch", art), ("ort fp32", "edgegen", art),
-            ("ort int8 (edgegen --int8)", "edgegen", int8)]
+            (ORT_INT8, "edgegen", int8)]
     if nncf_pass_ok:
         rows.append(("ort int8-nncf (edgegen --int8-nncf)", "edgegen", int8n))
     if outer_ok:
@@ -602,11 +606,12 @@ def main() -> None:
     print(text)
     if not args.work:
         shutil.rmtree(work, ignore_errors=True)
+    data = json.dumps(result, indent=2) + "\n"
     if args.json:
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
+        args.json.write_text(data)
     if args.record:
         res = Path(__file__).resolve().parent / "results"
-        (res / f"{args.record}.json").write_text(json.dumps(result, indent=2) + "\n")
+        (res / f"{args.record}.json").write_text(data)
         (res / f"{args.record}.md").write_text(f"`{result['command']}`\n\n{text}\n")
 
 

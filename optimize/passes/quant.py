@@ -76,8 +76,9 @@ def _quantizable(model, op_types, skip: bool, concat_fed: bool = True, outer_con
         skipped |= _concat_fed(model, nodes)
     if not outer_convs:
         skipped |= _outer_convs(model, nodes)
-    if _float_resamplers(resamplers):
-        skipped |= _matching(model, nodes, _resampler_pattern(_float_resamplers(resamplers)))
+    floats = _float_resamplers(resamplers)
+    if floats:
+        skipped |= _matching(model, nodes, _resampler_pattern(floats))
     return [n for n in nodes if n not in skipped], sorted(skipped)
 
 
